@@ -1,0 +1,289 @@
+// Package app assembles mailpulse's roles from the configuration: it starts the embedded
+// NATS server (all mode) or connects to an external one, provisions the log, makes sure API
+// keys exist, runs the services of the role until the context ends, and shuts everything
+// down in order.
+package app
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mailpulse/mailpulse/services/producer"
+	"github.com/mailpulse/mailpulse/shared/apikey"
+	"github.com/mailpulse/mailpulse/shared/broker"
+	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/config"
+)
+
+// autoSimulateRate is the simulator's rate in all mode when no real source is configured.
+const autoSimulateRate = 20
+
+// Ready describes a started process, for the banner and for tests.
+type Ready struct {
+	Role       string
+	IngestAddr net.Addr
+	NATSURL    string // the embedded server's TCP URL, if it listens
+	NATSUser   string
+	NATSPass   string // only when generated now
+	AdminKey   string // only when generated now
+	IngestKey  string // only when generated now
+	Simulate   float64
+	DataDir    string
+	Embedded   bool
+}
+
+// Run runs role until ctx ends. ready, when not nil, is called once everything is up.
+func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, ready func(Ready)) error {
+	switch role {
+	case "all", "producer":
+	default:
+		return fmt.Errorf("role %s is not built yet: this version runs all and producer", role)
+	}
+	info := Ready{Role: role, DataDir: cfg.DataDir}
+
+	var nc *nats.Conn
+	var srv *broker.Server
+	if role == "all" && cfg.NATS.URL == "" {
+		var err error
+		srv, err = startBroker(cfg, log, &info)
+		if err != nil {
+			return err
+		}
+		defer srv.Shutdown()
+		nc, err = srv.Connect(bus.ConnectOptions("mailpulse-"+role, log)...)
+		if err != nil {
+			return err
+		}
+	} else {
+		opts := bus.ConnectOptions("mailpulse-"+role, log)
+		if cfg.NATS.User != "" {
+			opts = append(opts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password))
+		}
+		var err error
+		nc, err = nats.Connect(cfg.NATS.URL, opts...)
+		if err != nil {
+			return fmt.Errorf("connect to NATS %s: %w", cfg.NATS.URL, err)
+		}
+	}
+	defer nc.Close()
+
+	pub, err := bus.NewPublisher(nc, bus.PublisherConfig{Window: cfg.Ingest.Window})
+	if err != nil {
+		return err
+	}
+	if err := provision(ctx, pub.JetStream(), cfg.Stream, log); err != nil {
+		return err
+	}
+	kv, err := pub.JetStream().KeyValue(ctx, bus.BucketKeys)
+	if err != nil {
+		return fmt.Errorf("open key bucket: %w", err)
+	}
+	keysCtx, stopKeys := context.WithCancel(ctx)
+	defer stopKeys()
+	keys, err := apikey.Open(keysCtx, kv, log)
+	if err != nil {
+		return err
+	}
+	if info.AdminKey, err = keys.Bootstrap(ctx, apikey.Admin, cfg.AdminKey); err != nil {
+		return fmt.Errorf("admin key: %w", err)
+	}
+	if info.IngestKey, err = keys.Bootstrap(ctx, apikey.Ingest, cfg.IngestKey); err != nil {
+		return fmt.Errorf("ingest key: %w", err)
+	}
+
+	simulate := cfg.Simulate
+	if simulate < 0 {
+		simulate = 0
+		if role == "all" && cfg.Stalwart.Secret == "" && cfg.Stalwart.MetricsURL == "" {
+			simulate = autoSimulateRate
+		}
+	}
+	info.Simulate = simulate
+
+	prod, err := producer.New(producer.Config{
+		Addr:           cfg.IngestAddr,
+		Source:         cfg.Source,
+		MaxBodyBytes:   cfg.Ingest.MaxBodyBytes,
+		MaxBatch:       cfg.Ingest.MaxBatch,
+		Timeout:        cfg.Ingest.Timeout,
+		StalwartSecret: cfg.Stalwart.Secret,
+		StalwartSource: cfg.Stalwart.Source,
+		Scrape: producer.ScrapeConfig{
+			URL: cfg.Stalwart.MetricsURL, User: cfg.Stalwart.MetricsUser, Password: cfg.Stalwart.MetricsPassword,
+			Interval: cfg.Stalwart.MetricsInterval, Buckets: cfg.Stalwart.HistogramBuckets, Source: cfg.Stalwart.Source,
+		},
+		MetricsInterval: cfg.Metrics.Interval,
+		Simulate:        simulate,
+		SimulateSeed:    cfg.SimulateSeed,
+		Grace:           cfg.Shutdown.Grace,
+	}, producer.Deps{Conn: nc, Publisher: pub, Keys: keys, Log: log.With("service", "producer")})
+	if err != nil {
+		return err
+	}
+	info.IngestAddr = prod.Addr()
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return prod.Run(gctx) })
+	if ready != nil {
+		ready(info)
+	}
+	return g.Wait()
+}
+
+// provision creates the streams and buckets, waiting for NATS while it is not reachable.
+func provision(ctx context.Context, js jetstream.JetStream, l bus.Limits, log *slog.Logger) error {
+	wait := 250 * time.Millisecond
+	for {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := bus.Provision(pctx, js, l, log)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if errors.Is(err, bus.ErrIncompatible) {
+			return err
+		}
+		log.Warn("event log not ready; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("provision the event log: %w", err)
+		case <-time.After(wait):
+		}
+		wait = min(wait*2, 5*time.Second)
+	}
+}
+
+// credentialsFile keeps the embedded listener's generated credentials across restarts; only
+// the bcrypt hash of the password is written.
+type credentialsFile struct {
+	User         string `json:"user"`
+	PasswordHash string `json:"passwordHash"`
+}
+
+func startBroker(cfg config.Config, log *slog.Logger, info *Ready) (*broker.Server, error) {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	bc := broker.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Name: "mailpulse"}
+	if cfg.NATS.Listen != "" {
+		bc.Listen = cfg.NATS.Listen
+		user, pass := cfg.NATS.User, cfg.NATS.Password
+		if user == "" {
+			user = "mailpulse"
+		}
+		if pass == "" {
+			var err error
+			if pass, err = generatedPassword(filepath.Join(cfg.DataDir, "nats-credentials.json"), user, info); err != nil {
+				return nil, err
+			}
+		}
+		bc.User, bc.Password = user, pass
+		info.NATSUser = user
+	}
+	srv, err := broker.Start(bc, log)
+	if err != nil {
+		return nil, err
+	}
+	info.Embedded = true
+	info.NATSURL = srv.ClientURL()
+	return srv, nil
+}
+
+// generatedPassword returns the bcrypt hash the listener checks. On first use it makes a
+// password, shows it once through info, and stores only its hash.
+func generatedPassword(path, user string, info *Ready) (string, error) {
+	if b, err := os.ReadFile(path); err == nil {
+		var c credentialsFile
+		if err := json.Unmarshal(b, &c); err == nil && c.User == user && c.PasswordHash != "" {
+			return c.PasswordHash, nil
+		}
+	}
+	raw := make([]byte, 18)
+	_, _ = rand.Read(raw)
+	plain := hex.EncodeToString(raw)
+	hash, err := bcrypt.GenerateFromPassword([]byte(plain), bcrypt.DefaultCost)
+	if err != nil {
+		return "", err
+	}
+	b, _ := json.Marshal(credentialsFile{User: user, PasswordHash: string(hash)})
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		return "", fmt.Errorf("store NATS credentials: %w", err)
+	}
+	info.NATSPass = plain
+	return string(hash), nil
+}
+
+// PrintBanner writes what a newcomer needs after start-up: where things listen, how to
+// authenticate, and a first command to try.
+func PrintBanner(w io.Writer, r Ready) {
+	ingest := hostPort(r.IngestAddr)
+	fmt.Fprintf(w, "\nmailpulse is running (%s mode", r.Role)
+	if r.Embedded {
+		fmt.Fprintf(w, ", embedded NATS, data in %s", r.DataDir)
+	}
+	fmt.Fprintf(w, ")\n\n")
+	fmt.Fprintf(w, "  ingest API       http://%s/api/v1/events\n", ingest)
+	fmt.Fprintf(w, "  Stalwart webhook http://%s/ingest/stalwart\n", ingest)
+	fmt.Fprintf(w, "  health           http://%s/healthz   metrics: http://%s/metrics (admin or viewer key)\n", ingest, ingest)
+	switch {
+	case r.NATSURL != "":
+		fmt.Fprintf(w, "  NATS             %s  user %s", r.NATSURL, r.NATSUser)
+		if r.NATSPass != "" {
+			fmt.Fprintf(w, "  password %s  (shown once; only its hash is stored)", r.NATSPass)
+		} else {
+			fmt.Fprintf(w, "  (password as configured, or as printed at first start)")
+		}
+		fmt.Fprintln(w)
+	case r.Embedded:
+		fmt.Fprintf(w, "  NATS             in-process only (set MAILPULSE_NATS_LISTEN=127.0.0.1:4222 to let other processes join)\n")
+	}
+	if r.Simulate > 0 {
+		fmt.Fprintf(w, "  simulator        %.0f events/s (MAILPULSE_SIMULATE=0 turns it off)\n", r.Simulate)
+	}
+	if r.AdminKey != "" || r.IngestKey != "" {
+		fmt.Fprintf(w, "\n  New API keys, shown this once (only their hashes are stored):\n")
+		if r.AdminKey != "" {
+			fmt.Fprintf(w, "    admin   %s\n", r.AdminKey)
+		}
+		if r.IngestKey != "" {
+			fmt.Fprintf(w, "    ingest  %s\n", r.IngestKey)
+		}
+	} else {
+		fmt.Fprintf(w, "\n  API keys: as printed at first start, or MAILPULSE_ADMIN_KEY / MAILPULSE_INGEST_KEY.\n")
+	}
+	key := r.IngestKey
+	if key == "" {
+		key = "$MAILPULSE_INGEST_KEY"
+	}
+	fmt.Fprintf(w, "\n  Try:\n    curl -H 'Authorization: Bearer %s' \\\n      -d '[{\"type\":\"smtp.ehlo\",\"data\":{\"domain\":\"mx.example.com\"}}]' http://%s/api/v1/events\n\n", key, ingest)
+}
+
+func hostPort(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	if host == "" || host == "::" || host == "0.0.0.0" || strings.HasPrefix(host, "[::]") {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port)
+}

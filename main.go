@@ -1,0 +1,74 @@
+// Command mailpulse is an event-sourced telemetry pipeline for mail servers on NATS
+// JetStream. Alone it runs everything on an embedded NATS server; "mailpulse <role>" runs
+// one service against an external NATS; "mailpulse bench <what>" measures it.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/mailpulse/mailpulse/internal/app"
+	"github.com/mailpulse/mailpulse/internal/bench"
+	"github.com/mailpulse/mailpulse/shared/config"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Environ(), os.Stdout, os.Stderr))
+}
+
+const usage = `mailpulse — telemetry pipeline for mail servers, on NATS JetStream
+
+Usage:
+  mailpulse [all] [flags]      run everything, on an embedded NATS server (the default)
+  mailpulse <role> [flags]     run one role against an external NATS (--nats-url)
+                               roles: producer (more arrive with later versions)
+  mailpulse bench <what>       measure: ingest (run "mailpulse bench ingest -h")
+  mailpulse <role> --help      every setting of a role
+
+`
+
+func run(args, environ []string, stdout, stderr io.Writer) int {
+	role := "all"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		role, args = args[0], args[1:]
+	}
+	switch role {
+	case "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	case "bench":
+		return bench.Main(args, stdout, stderr)
+	}
+	loader := config.NewLoader(role)
+	cfg, err := loader.Load(args, environ)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, loader.Usage())
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "mailpulse %s: invalid configuration:\n", role)
+		for _, line := range strings.Split(err.Error(), "\n") {
+			fmt.Fprintf(stderr, "  - %s\n", line)
+		}
+		return 2
+	}
+	log := cfg.Logger(stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	log.Info("starting", "role", role, "settings", cfg.Redacted())
+	err = app.Run(ctx, role, cfg, log, func(r app.Ready) { app.PrintBanner(stdout, r) })
+	if err != nil {
+		log.Error("stopped", "err", err)
+		return 1
+	}
+	log.Info("stopped")
+	return 0
+}

@@ -1,0 +1,341 @@
+// Package producer is mailpulse's way in: it puts every event once into the EVENTS log.
+// Events arrive through the ingest API (native JSON or NDJSON, and Stalwart's webhooks),
+// from the simulator, and as metric snapshots scraped from Stalwart's Prometheus endpoint or
+// projected from the events themselves. Nothing is acknowledged to a client before
+// JetStream has stored it.
+package producer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/mailpulse/mailpulse/shared/apikey"
+	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/event"
+	"github.com/mailpulse/mailpulse/shared/metric"
+)
+
+// Config configures the producer. Zero fields take the defaults in parentheses.
+type Config struct {
+	Addr           string        // listen address of the ingest API (":8081")
+	Source         string        // source of events that name none
+	MaxBodyBytes   int           // largest request body (16 MiB)
+	MaxBatch       int           // most events in one request (10000)
+	Timeout        time.Duration // longest a request waits for the log (10 s)
+	StalwartSecret string        // when set, Stalwart webhooks must carry a valid X-Signature
+	StalwartSource string        // source of Stalwart events ("stalwart")
+	Scrape         ScrapeConfig  // a Stalwart Prometheus endpoint; no URL: no scraping
+	// MetricsInterval is how often metric snapshots are published per source (10 s).
+	MetricsInterval time.Duration
+	Simulate        float64 // simulator rate in events/s; 0: off
+	SimulateSeed    int64
+	Grace           time.Duration // graceful shutdown bound (15 s)
+	Instance        string        // this process, in snapshots (host name and pid)
+}
+
+func (c *Config) setDefaults() {
+	if c.Addr == "" {
+		c.Addr = ":8081"
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 16 << 20
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 10_000
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Second
+	}
+	if c.StalwartSource == "" {
+		c.StalwartSource = "stalwart"
+	}
+	if c.Scrape.Source == "" {
+		c.Scrape.Source = c.StalwartSource
+	}
+	if c.Scrape.Interval == 0 {
+		c.Scrape.Interval = 15 * time.Second
+	}
+	if c.MetricsInterval == 0 {
+		c.MetricsInterval = 10 * time.Second
+	}
+	if c.Grace == 0 {
+		c.Grace = 15 * time.Second
+	}
+	if c.Instance == "" {
+		c.Instance = defaultInstance()
+	}
+}
+
+// Deps are what the producer uses but does not own.
+type Deps struct {
+	Conn      *nats.Conn     // the caller closes it after Run returns
+	Publisher *bus.Publisher // on Conn
+	Keys      *apikey.Store
+	Log       *slog.Logger
+	Registry  *prometheus.Registry // the service's own metrics go here; nil: a new one
+}
+
+// Service is a running producer. Create it with New, then call Run once.
+type Service struct {
+	cfg  Config
+	deps Deps
+	log  *slog.Logger
+	ln   net.Listener
+
+	defaults event.Defaults
+	proj     *projection
+	metrics  *serviceMetrics
+	server   *httpServer
+}
+
+// New prepares the producer and opens its listener, so Addr is known before Run.
+func New(cfg Config, deps Deps) (*Service, error) {
+	cfg.setDefaults()
+	if deps.Conn == nil || deps.Publisher == nil || deps.Keys == nil {
+		return nil, errors.New("producer: Conn, Publisher and Keys are required")
+	}
+	if deps.Log == nil {
+		deps.Log = slog.New(slog.DiscardHandler)
+	}
+	if deps.Registry == nil {
+		deps.Registry = prometheus.NewRegistry()
+	}
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("producer: listen on %s: %w", cfg.Addr, err)
+	}
+	s := &Service{
+		cfg: cfg, deps: deps, log: deps.Log, ln: ln,
+		defaults: event.Defaults{IDs: event.NewIDs(), Source: cfg.Source},
+		proj:     newProjection(cfg.Instance, time.Now()),
+		metrics:  newServiceMetrics(deps.Registry, deps.Publisher),
+	}
+	s.server = newHTTPServer(s)
+	return s, nil
+}
+
+// Addr is the ingest API's listen address.
+func (s *Service) Addr() net.Addr { return s.ln.Addr() }
+
+// Run serves until ctx ends, then stops intake (HTTP, simulator, scraper), lets in-flight
+// requests finish within the grace period, publishes a last snapshot of the metrics, and
+// waits for every publish to be acknowledged.
+func (s *Service) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.server.serve(s.ln) })
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), s.cfg.Grace)
+		defer cancel()
+		return s.server.shutdown(sctx)
+	})
+	if s.cfg.Simulate > 0 {
+		g.Go(func() error { return s.runSimulator(gctx) })
+	}
+	if s.cfg.Scrape.URL != "" {
+		g.Go(func() error { return s.runScraper(gctx) })
+	}
+	g.Go(func() error { return s.runSnapshots(gctx) })
+	err := g.Wait()
+	// Intake has stopped; what was published must be acknowledged before we return.
+	fctx, cancel := context.WithTimeout(context.Background(), s.cfg.Grace)
+	defer cancel()
+	s.publishSnapshots(fctx, true)
+	if ferr := s.deps.Publisher.Flush(fctx); ferr != nil {
+		s.log.Warn("shutdown: publishes left unacknowledged", "err", ferr)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+// ingest encodes and publishes evs, waits until each is stored or failed, and projects the
+// stored ones into the metrics. errs[i] reports evs[i].
+func (s *Service) ingest(ctx context.Context, evs []event.Event, errs []error) {
+	if len(evs) == 0 {
+		return
+	}
+	size := 0
+	for i := range evs {
+		size += 160 + len(evs[i].Data) + len(evs[i].Type) + len(evs[i].Source)
+	}
+	buf := make([]byte, 0, size)
+	msgs := make([]bus.Msg, len(evs))
+	for i := range evs {
+		start := len(buf)
+		buf = evs[i].AppendJSON(buf)
+		msgs[i] = bus.Msg{Subject: bus.EventSubject(evs[i].Type), ID: evs[i].ID, Data: buf[start:len(buf):len(buf)]}
+	}
+	s.deps.Publisher.PublishAll(ctx, msgs, errs)
+	s.proj.observe(evs, func(i int) bool { return errs[i] == nil })
+}
+
+// runSimulator feeds simulated traffic at the configured rate, in small batches.
+func (s *Service) runSimulator(ctx context.Context) error {
+	sim := NewSimulator(s.cfg.SimulateSeed, "sim.example.org", nil)
+	const tick = 50 * time.Millisecond
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	owed, last := 0.0, time.Now()
+	var evs []event.Event
+	var errs []error
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case now := <-t.C:
+			owed += s.cfg.Simulate * now.Sub(last).Seconds()
+			last = now
+			n := int(owed)
+			if n == 0 {
+				continue
+			}
+			if max := int(s.cfg.Simulate) + 1; n > max {
+				n = max // after a stall, do not burst more than a second's worth
+			}
+			owed -= float64(n)
+			if owed > 1 {
+				owed = 0
+			}
+			evs, errs = evs[:0], errs[:0]
+			for range n {
+				evs = append(evs, sim.Next())
+				errs = append(errs, nil)
+			}
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+			s.ingest(pctx, evs, errs)
+			cancel()
+			stored := 0
+			for _, err := range errs {
+				if err == nil {
+					stored++
+				}
+			}
+			s.metrics.simulated.Add(float64(stored))
+			if stored < n {
+				s.metrics.simulatorLost.Add(float64(n - stored))
+			}
+		}
+	}
+}
+
+// runScraper scrapes the Stalwart metrics endpoint every interval and publishes what it
+// finds as a snapshot.
+func (s *Service) runScraper(ctx context.Context) error {
+	sc := newScraper(s.cfg.Scrape, nil, time.Now())
+	t := time.NewTicker(s.cfg.Scrape.Interval)
+	defer t.Stop()
+	failing := false
+	for {
+		sctx, cancel := context.WithTimeout(ctx, min(s.cfg.Scrape.Interval, 30*time.Second))
+		snap, err := sc.scrape(sctx, time.Now())
+		cancel()
+		if err == nil {
+			err = s.publishSnapshot(ctx, snap)
+		}
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.metrics.scrapeErrors.Inc()
+			if !failing {
+				s.log.Warn("Stalwart metrics scrape failing", "url", redactURL(s.cfg.Scrape.URL), "err", err)
+			}
+			failing = true
+		case err == nil:
+			s.metrics.scrapes.Inc()
+			if failing {
+				s.log.Info("Stalwart metrics scrape recovered", "url", redactURL(s.cfg.Scrape.URL))
+			}
+			failing = false
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// runSnapshots publishes the metrics projected from events every interval.
+func (s *Service) runSnapshots(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.MetricsInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			s.publishSnapshots(ctx, false)
+		}
+	}
+}
+
+func (s *Service) publishSnapshots(ctx context.Context, all bool) {
+	for _, snap := range s.proj.snapshots(time.Now(), all) {
+		if err := s.publishSnapshot(ctx, snap); err != nil && ctx.Err() == nil {
+			s.log.Warn("metric snapshot not published", "source", snap.Source, "err", err)
+		}
+	}
+}
+
+func (s *Service) publishSnapshot(ctx context.Context, snap metric.Snapshot) error {
+	b, err := snap.Marshal()
+	if err != nil {
+		return fmt.Errorf("encode snapshot: %w", err)
+	}
+	id := snap.Origin + ":" + snap.Instance + ":" + snap.Source + ":" + strconv.FormatInt(snap.Time.UnixNano(), 10)
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	if err := s.deps.Publisher.Publish(pctx, bus.Msg{Subject: bus.MetricsSubject(snap.Source), ID: id, Data: b}); err != nil {
+		return err
+	}
+	s.metrics.snapshots.Inc()
+	return nil
+}
+
+// serviceMetrics are the producer's own metrics, served on /metrics.
+type serviceMetrics struct {
+	received      *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	stored        *prometheus.CounterVec
+	unavailable   *prometheus.CounterVec
+	duration      *prometheus.HistogramVec
+	simulated     prometheus.Counter
+	simulatorLost prometheus.Counter
+	scrapes       prometheus.Counter
+	scrapeErrors  prometheus.Counter
+	snapshots     prometheus.Counter
+}
+
+func newServiceMetrics(reg *prometheus.Registry, pub *bus.Publisher) *serviceMetrics {
+	m := &serviceMetrics{
+		received:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_events_received_total", Help: "Events received by the ingest API, by endpoint."}, []string{"endpoint"}),
+		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_events_rejected_total", Help: "Events rejected as invalid, by endpoint."}, []string{"endpoint"}),
+		stored:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_events_stored_total", Help: "Events stored in the log, by endpoint."}, []string{"endpoint"}),
+		unavailable:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_events_unavailable_total", Help: "Events answered with 503 because the log did not store them in time, by endpoint."}, []string{"endpoint"}),
+		duration:      prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mailpulse_producer_request_duration_seconds", Help: "Ingest request latency, by endpoint and status.", Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"endpoint", "status"}),
+		simulated:     prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_simulated_events_total", Help: "Simulated events stored."}),
+		simulatorLost: prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_simulated_events_dropped_total", Help: "Simulated events the log did not store (dropped, not retried)."}),
+		scrapes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_scrapes_total", Help: "Successful scrapes of the Stalwart metrics endpoint."}),
+		scrapeErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_scrape_errors_total", Help: "Failed scrapes of the Stalwart metrics endpoint."}),
+		snapshots:     prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_snapshots_published_total", Help: "Metric snapshots published."}),
+	}
+	st := pub.Stats()
+	reg.MustRegister(m.received, m.rejected, m.stored, m.unavailable, m.duration, m.simulated, m.simulatorLost, m.scrapes, m.scrapeErrors, m.snapshots,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_stored_total", Help: "Messages JetStream acknowledged as stored."}, func() float64 { return float64(st.Stored.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_duplicates_total", Help: "Messages JetStream recognised as already stored (same id)."}, func() float64 { return float64(st.Duplicates.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_retries_total", Help: "Messages sent again after no acknowledgement."}, func() float64 { return float64(st.Retries.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_failed_total", Help: "Messages not stored after every attempt."}, func() float64 { return float64(st.Failed.Load()) }),
+	)
+	return m
+}
