@@ -118,10 +118,9 @@ func redactURL(u string) string {
 
 // convert parses a Prometheus text page into a snapshot.
 func (s *scraper) convert(page io.Reader, now time.Time) (metric.Snapshot, error) {
-	parser := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := parser.TextToMetricFamilies(page)
+	fams, err := parsePage(page)
 	if err != nil {
-		return metric.Snapshot{}, fmt.Errorf("parse metrics page: %w", err)
+		return metric.Snapshot{}, err
 	}
 	snap := metric.Snapshot{
 		Source: s.cfg.Source, Origin: metric.OriginPrometheus, Instance: "scrape",
@@ -164,6 +163,23 @@ func (s *scraper) convert(page io.Reader, now time.Time) (metric.Snapshot, error
 		}
 	}
 	return snap, nil
+}
+
+// parsePage parses a Prometheus text page. The parser panics on some malformed pages (found
+// by FuzzScraperConvert: "#0\n{}" in prometheus/common v0.67.5); a page from the network
+// must not take the producer down, so a panic becomes an error.
+func parsePage(page io.Reader) (fams map[string]*dto.MetricFamily, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			fams, err = nil, fmt.Errorf("parse metrics page: malformed page (parser panicked: %v)", r)
+		}
+	}()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err = parser.TextToMetricFamilies(page)
+	if err != nil {
+		return nil, fmt.Errorf("parse metrics page: %w", err)
+	}
+	return fams, nil
 }
 
 // counter returns the monotonic value of a counter whose raw value is v.

@@ -344,7 +344,7 @@ func (c *Config) Validate(role string) error {
 			add("%s %q: %v", a.key, a.v, err)
 		}
 	}
-	if c.HTTPAddr == c.IngestAddr && role == "all" {
+	if c.HTTPAddr == c.IngestAddr && role == "all" && !strings.HasSuffix(c.HTTPAddr, ":0") {
 		add("http_addr and ingest_addr: must differ in all mode")
 	}
 	if _, err := parseLogLevel(c.LogLevel); err != nil {

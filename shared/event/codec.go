@@ -19,7 +19,7 @@ import (
 //	{"id":…,"createdAt":…,"type":…,"level":…,"source":…,"data":{…}}
 //
 // source is left out when empty; data is always present.
-func (e *Event) AppendJSON(b []byte) []byte {
+func (e Event) AppendJSON(b []byte) []byte {
 	b = append(b, `{"id":`...)
 	b = appendString(b, e.ID)
 	b = append(b, `,"createdAt":"`...)

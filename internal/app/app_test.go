@@ -1,0 +1,136 @@
+package app_test
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mailpulse/mailpulse/internal/app"
+	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/config"
+)
+
+func runAll(t *testing.T, dataDir string, env []string) (app.Ready, func()) {
+	t.Helper()
+	cfg, err := config.NewLoader("all").Load(nil, append([]string{"MAILPULSE_DATA_DIR=" + dataDir, "MAILPULSE_INGEST_ADDR=127.0.0.1:0",
+		"MAILPULSE_HTTP_ADDR=127.0.0.1:0", "MAILPULSE_NATS_LISTEN=127.0.0.1:0", "MAILPULSE_SHUTDOWN_GRACE=5s"}, env...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	readyCh := make(chan app.Ready, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(ctx, "all", cfg, cfg.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
+	}()
+	select {
+	case r := <-readyCh:
+		return r, func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run = %v", err)
+				}
+			case <-time.After(20 * time.Second):
+				t.Error("mailpulse did not stop within 20 s")
+			}
+		}
+	case err := <-done:
+		cancel()
+		t.Fatalf("Run = %v before it was ready", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("not ready after 30 s")
+	}
+	return app.Ready{}, nil
+}
+
+func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
+	dir := t.TempDir()
+	r, stop := runAll(t, dir, []string{"MAILPULSE_SIMULATE=200"})
+	if r.AdminKey == "" || r.IngestKey == "" || r.NATSPass == "" {
+		t.Fatalf("first start generated no keys or NATS password: %+v", r)
+	}
+	var banner strings.Builder
+	app.PrintBanner(&banner, r)
+	for _, want := range []string{r.AdminKey, r.IngestKey, "/api/v1/events", "/ingest/stalwart", "200 events/s", r.NATSURL} {
+		if !strings.Contains(banner.String(), want) {
+			t.Errorf("banner lacks %q:\n%s", want, banner.String())
+		}
+	}
+	url := "http://" + r.IngestAddr.String() + "/api/v1/events"
+	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`[{"id":"e2e-1","type":"e2e.marker"}]`))
+	req.Header.Set("Authorization", "Bearer "+r.IngestKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 202 {
+		t.Fatalf("ingest = %v %v", resp.StatusCode, err)
+	}
+
+	// Another process joins the embedded server over TCP with the printed credentials and
+	// sees the simulator's events accumulate.
+	nc, err := nats.Connect(r.NATSURL, nats.UserInfo(r.NATSUser, r.NATSPass))
+	if err != nil {
+		t.Fatalf("connect with the printed credentials: %v", err)
+	}
+	js, _ := jetstream.New(nc)
+	count := func() uint64 {
+		st, err := js.Stream(t.Context(), bus.StreamEvents)
+		if err != nil {
+			return 0
+		}
+		info, err := st.Info(t.Context())
+		if err != nil {
+			return 0
+		}
+		return info.State.Msgs
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for count() < 100 {
+		if time.Now().After(deadline) {
+			t.Fatalf("simulated events do not accumulate: %d", count())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	nc.Close()
+	stop()
+	r2, stop2 := runAll(t, dir, []string{"MAILPULSE_SIMULATE=0"})
+	defer stop2()
+	if r2.AdminKey != "" || r2.IngestKey != "" || r2.NATSPass != "" {
+		t.Errorf("second start generated new secrets: %+v", r2)
+	}
+	// The first start's key still works, and the event sent then is still in the log.
+	req, _ = http.NewRequest(http.MethodPost, "http://"+r2.IngestAddr.String()+"/api/v1/events", strings.NewReader(`[{"id":"e2e-1","type":"e2e.marker"}]`))
+	req.Header.Set("Authorization", "Bearer "+r.IngestKey)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 202 {
+		t.Fatalf("ingest with the first start's key = %v %v", resp.StatusCode, err)
+	}
+	nc, err = nats.Connect(r2.NATSURL, nats.UserInfo(r.NATSUser, r.NATSPass))
+	if err != nil {
+		t.Fatalf("the first start's NATS password no longer works: %v", err)
+	}
+	defer nc.Close()
+	js, _ = jetstream.New(nc)
+	st, _ := js.Stream(t.Context(), bus.StreamEvents)
+	m, err := st.GetLastMsgForSubject(t.Context(), "events.e2e.marker")
+	if err != nil || !strings.Contains(string(m.Data), `"id":"e2e-1"`) {
+		t.Errorf("event from before the restart: %v %v", m, err)
+	}
+	if n := count(); n < 100 {
+		t.Errorf("log holds %d events after restart, want the ≥100 from before", n)
+	}
+}
+
+func TestOtherRolesNeedAnExternalNATS(t *testing.T) {
+	_, err := config.NewLoader("producer").Load(nil, nil)
+	if err == nil || !strings.Contains(err.Error(), "nats.url") {
+		t.Errorf("producer without nats.url: %v", err)
+	}
+}
