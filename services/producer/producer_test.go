@@ -130,7 +130,9 @@ func (h *harness) post(path, body string, hdr map[string]string) response {
 	return r
 }
 
-func (h *harness) bearer() map[string]string { return map[string]string{"Authorization": "Bearer " + h.key} }
+func (h *harness) bearer() map[string]string {
+	return map[string]string{"Authorization": "Bearer " + h.key}
+}
 
 func (h *harness) stored() []event.Event {
 	h.t.Helper()
