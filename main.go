@@ -11,6 +11,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -61,6 +62,9 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	log := cfg.Logger(stderr)
+	if cfg.MemoryLimit > 0 && !hasEnv(environ, "GOMEMLIMIT") {
+		debug.SetMemoryLimit(cfg.MemoryLimit)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	log.Info("starting", "role", role, "settings", cfg.Redacted())
@@ -71,4 +75,13 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 	}
 	log.Info("stopped")
 	return 0
+}
+
+func hasEnv(environ []string, name string) bool {
+	for _, kv := range environ {
+		if strings.HasPrefix(kv, name+"=") {
+			return true
+		}
+	}
+	return false
 }

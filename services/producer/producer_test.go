@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -482,5 +483,37 @@ func TestHealthAndOwnMetrics(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	if !strings.Contains(string(b), `mailpulse_producer_events_stored_total{endpoint="events"} 1`) {
 		t.Errorf("/metrics lacks the stored counter:\n%s", b)
+	}
+}
+
+func TestScrapedStalwartPageReachesTheLog(t *testing.T) {
+	page := "# TYPE smtp_connection_start counter\nsmtp_connection_start 42\n# TYPE message_size histogram\n" +
+		"message_size_bucket{le=\"500\"} 1\nmessage_size_bucket{le=\"1000\"} 1\nmessage_size_bucket{le=\"+Inf\"} 3\nmessage_size_sum 2100\nmessage_size_count 3\n"
+	stalwart := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/metrics/prometheus" {
+			http.NotFound(w, r)
+			return
+		}
+		io.WriteString(w, page)
+	}))
+	defer stalwart.Close()
+	h := start(t, producer.Config{Scrape: producer.ScrapeConfig{URL: stalwart.URL + "/metrics/prometheus", Interval: time.Second, Source: "mail.example.org"}}, false)
+	cons, err := h.js.OrderedConsumer(t.Context(), bus.StreamMetrics, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.MetricsSubject("mail.example.org")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := cons.Next(jetstream.FetchMaxWait(10 * time.Second))
+	if err != nil {
+		t.Fatalf("no scraped snapshot in METRICS: %v", err)
+	}
+	snap, err := metric.Unmarshal(msg.Data())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if snap.Origin != metric.OriginPrometheus || snap.Counters["smtp.connection-start"] != 42 {
+		t.Errorf("snapshot = %+v", snap)
+	}
+	if hs := snap.Histograms["message.size"]; hs.Count != 3 || hs.Counts[0] != 1 || hs.Counts[1] != 2 || hs.Counts[2] != 3 {
+		t.Errorf("message.size = %+v, want per-bucket 1,1 made cumulative 1,2,3", hs)
 	}
 }

@@ -42,6 +42,10 @@ type Config struct {
 	LogLevel   string `koanf:"log_level" help:"log level: debug, info, warn or error"`
 	LogFormat  string `koanf:"log_format" help:"log format: text or json"`
 	Source     string `koanf:"source" help:"source given to ingested events that name none" roles:"all,producer"`
+	// MemoryLimit is Go's soft memory limit for the process (runtime/debug.SetMemoryLimit):
+	// near it the garbage collector works harder instead of letting the heap double. GOMEMLIMIT,
+	// when set, wins.
+	MemoryLimit int64 `koanf:"memory_limit" help:"soft memory limit in bytes (0: none; GOMEMLIMIT wins when set)"`
 
 	// Simulate is the simulator's rate in events/s: 0 is off, -1 (the default) is on at 20
 	// events/s in all mode when no Stalwart source is configured, off otherwise.
@@ -99,12 +103,13 @@ type Shutdown struct {
 // Default returns the defaults.
 func Default() Config {
 	return Config{
-		DataDir:    "./data",
-		HTTPAddr:   ":8080",
-		IngestAddr: ":8081",
-		LogLevel:   "info",
-		LogFormat:  "text",
-		Simulate:   -1,
+		DataDir:     "./data",
+		HTTPAddr:    ":8080",
+		IngestAddr:  ":8081",
+		LogLevel:    "info",
+		LogFormat:   "text",
+		MemoryLimit: 128 << 20,
+		Simulate:    -1,
 		Stalwart: Stalwart{
 			Source:           "stalwart",
 			MetricsInterval:  15 * time.Second,
@@ -332,6 +337,9 @@ func (c *Config) Validate(role string) error {
 	add := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if !slices.Contains(Roles, role) {
 		add("unknown role %q: want one of %s", role, strings.Join(Roles, ", "))
+	}
+	if c.MemoryLimit < 0 {
+		add("memory_limit: must not be negative")
 	}
 	if c.DataDir == "" {
 		add("data_dir: must not be empty")
