@@ -167,7 +167,7 @@ func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, in
 	m := h.s.metrics
 	m.received.WithLabelValues(endpoint).Add(float64(len(raw)))
 	evs := make([]event.Event, 0, len(raw))
-	var rejected []eventError
+	rejected := []eventError{}
 	rejectedCount := 0
 	for i, r := range raw {
 		e, err := parse(r)

@@ -94,28 +94,22 @@ func DefaultLimits() Limits {
 
 func (l Limits) withDefaults() Limits {
 	d := DefaultLimits()
-	if l.EventsMaxAge == 0 {
-		l.EventsMaxAge = d.EventsMaxAge
-	}
-	if l.EventsMaxBytes == 0 {
-		l.EventsMaxBytes = d.EventsMaxBytes
-	}
-	if l.MetricsMaxAge == 0 {
-		l.MetricsMaxAge = d.MetricsMaxAge
-	}
-	if l.MetricsMaxBytes == 0 {
-		l.MetricsMaxBytes = d.MetricsMaxBytes
-	}
-	if l.DeadLetterMaxAge == 0 {
-		l.DeadLetterMaxAge = d.DeadLetterMaxAge
-	}
-	if l.Duplicates == 0 {
-		l.Duplicates = d.Duplicates
-	}
-	if l.Replicas == 0 {
-		l.Replicas = d.Replicas
-	}
+	l.EventsMaxAge = orDefault(l.EventsMaxAge, d.EventsMaxAge)
+	l.EventsMaxBytes = orDefault(l.EventsMaxBytes, d.EventsMaxBytes)
+	l.MetricsMaxAge = orDefault(l.MetricsMaxAge, d.MetricsMaxAge)
+	l.MetricsMaxBytes = orDefault(l.MetricsMaxBytes, d.MetricsMaxBytes)
+	l.DeadLetterMaxAge = orDefault(l.DeadLetterMaxAge, d.DeadLetterMaxAge)
+	l.Duplicates = orDefault(l.Duplicates, d.Duplicates)
+	l.Replicas = orDefault(l.Replicas, d.Replicas)
 	return l
+}
+
+func orDefault[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
 }
 
 // Validate reports every problem at once.

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"reflect"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -297,12 +298,24 @@ func (l *Loader) Load(args, environ []string) (Config, error) {
 		return Config{}, fmt.Errorf("flags: %w", err)
 	}
 	var cfg Config
+	// Decoding goes on past a bad value, so the rest can still be validated: every
+	// problem is reported at once. A key that failed to decode is not judged again.
+	failed := map[string]bool{}
 	if err := ko.UnmarshalWithConf("", &cfg, koanf.UnmarshalConf{Tag: "koanf"}); err != nil {
-		problems = append(problems, cleanDecodeError(err))
+		for _, e := range decodeErrors(err) {
+			problems = append(problems, e)
+			if m := quotedKey.FindStringSubmatch(e.Error()); m != nil {
+				failed[m[1]] = true
+			}
+		}
 	}
-	if len(problems) == 0 {
-		if err := cfg.Validate(l.role); err != nil {
-			problems = append(problems, err)
+	if err := cfg.Validate(l.role); err != nil {
+		for _, e := range splitJoined(err) {
+			key, _, _ := strings.Cut(e.Error(), ":")
+			key, _, _ = strings.Cut(key, " ")
+			if !failed[key] {
+				problems = append(problems, e)
+			}
 		}
 	}
 	if len(problems) > 0 {
@@ -311,20 +324,30 @@ func (l *Loader) Load(args, environ []string) (Config, error) {
 	return cfg, nil
 }
 
-// cleanDecodeError splits mapstructure's one-error-for-all into lines.
-func cleanDecodeError(err error) error {
-	msg := err.Error()
-	if _, rest, ok := strings.Cut(msg, "decoding:"); ok {
-		var errs []error
-		for _, line := range strings.Split(rest, "\n") {
-			line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "*"))
-			if line != "" {
-				errs = append(errs, errors.New(line))
-			}
+var quotedKey = regexp.MustCompile(`'([a-z0-9_.]+)'`)
+
+// decodeErrors splits mapstructure's one error for all bad values into one error each,
+// without its header line.
+func decodeErrors(err error) []error {
+	var out []error
+	for _, line := range strings.Split(err.Error(), "\n") {
+		line = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(line), "*"))
+		if line == "" || strings.HasSuffix(line, ":") || strings.Contains(line, "error(s) decoding") {
+			continue
 		}
-		return errors.Join(errs...)
+		out = append(out, errors.New(line))
 	}
-	return err
+	if len(out) == 0 {
+		out = append(out, err)
+	}
+	return out
+}
+
+func splitJoined(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
 
 type discard struct{}

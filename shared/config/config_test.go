@@ -81,6 +81,22 @@ func TestInvalidConfigListsEveryProblem(t *testing.T) {
 	}
 }
 
+func TestUndecodableValueStillListsTheOtherProblems(t *testing.T) {
+	_, err := NewLoader("producer").Load([]string{"--ingest-addr", "nope"}, []string{"MAILPULSE_SIMULATE=abc"})
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	msg := err.Error()
+	for _, want := range []string{"'simulate'", "ingest_addr", "nats.url"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error does not mention %s:\n%s", want, msg)
+		}
+	}
+	if strings.Contains(msg, "decoding failed") || strings.Contains(msg, "simulate: want") {
+		t.Errorf("error has a header line or judges the undecodable key twice:\n%s", msg)
+	}
+}
+
 func TestBadValuesAndFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bad.toml")
 	os.WriteFile(path, []byte("ingest_adr = \":1\"\n[nats]\nurl = \"nats://127.0.0.1:4222\"\n"), 0o600)

@@ -143,13 +143,16 @@ func (e *Emitter) Run(ctx context.Context) error {
 			lastDropped = d
 		}
 	}
+	add := func(ctx context.Context, ev event.Event) {
+		batch = append(batch, ev)
+		if len(batch) == cap(batch) {
+			flush(ctx)
+		}
+	}
 	for {
 		select {
 		case ev := <-e.ch:
-			batch = append(batch, ev)
-			if len(batch) == cap(batch) {
-				flush(ctx)
-			}
+			add(ctx, ev)
 		case <-t.C:
 			flush(ctx)
 		case <-ctx.Done():
@@ -157,17 +160,13 @@ func (e *Emitter) Run(ctx context.Context) error {
 			// Drain what was accepted before the stop, within the timeout.
 			fctx, cancel := context.WithTimeout(context.Background(), e.cfg.Timeout)
 			defer cancel()
-			for {
+			for drained := false; !drained; {
 				select {
 				case ev := <-e.ch:
-					batch = append(batch, ev)
-					if len(batch) == cap(batch) {
-						flush(fctx)
-					}
-					continue
+					add(fctx, ev)
 				default:
+					drained = true
 				}
-				break
 			}
 			flush(fctx)
 			return nil
