@@ -478,9 +478,26 @@ func (c *Config) Redacted() map[string]string {
 		if f.secret && s != "" {
 			s = "<set>"
 		}
+		s = redactUserInfo(s)
 		out[f.key] = s
 	}
 	return out
+}
+
+// redactUserInfo masks credentials written into URLs (nats://user:pass@host), which may
+// hold several comma-separated URLs.
+func redactUserInfo(v string) string {
+	if !strings.Contains(v, "@") || !strings.Contains(v, "://") {
+		return v
+	}
+	parts := strings.Split(v, ",")
+	for i, p := range parts {
+		if u, err := url.Parse(strings.TrimSpace(p)); err == nil && u.User != nil {
+			u.User = url.User("<redacted>")
+			parts[i] = u.String()
+		}
+	}
+	return strings.Join(parts, ",")
 }
 
 func lookup(v reflect.Value, key string) any {

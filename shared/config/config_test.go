@@ -97,6 +97,16 @@ func TestUndecodableValueStillListsTheOtherProblems(t *testing.T) {
 	}
 }
 
+func TestRedactedHidesCredentialsInURLs(t *testing.T) {
+	cfg, err := NewLoader("all").Load(nil, []string{"MAILPULSE_NATS_URL=nats://ops:hunter2@n1:4222,nats://ops:hunter2@n2:4222"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cfg.Redacted()["nats.url"]; strings.Contains(r, "hunter2") || !strings.Contains(r, "n2:4222") {
+		t.Errorf("Redacted nats.url = %q", r)
+	}
+}
+
 func TestBadValuesAndFile(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "bad.toml")
 	os.WriteFile(path, []byte("ingest_adr = \":1\"\n[nats]\nurl = \"nats://127.0.0.1:4222\"\n"), 0o600)
