@@ -24,6 +24,7 @@ import (
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
 
+	livegateway "github.com/mailpulse/mailpulse/services/live-gateway"
 	"github.com/mailpulse/mailpulse/services/producer"
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/broker"
@@ -38,6 +39,7 @@ const autoSimulateRate = 20
 type Ready struct {
 	Role       string
 	IngestAddr net.Addr
+	HTTPAddr   net.Addr
 	NATSURL    string // the embedded server's TCP URL, if it listens
 	NATSUser   string
 	NATSPass   string // only when generated now
@@ -51,9 +53,9 @@ type Ready struct {
 // Run runs role until ctx ends. ready, when not nil, is called once everything is up.
 func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, ready func(Ready)) error {
 	switch role {
-	case "all", "producer":
+	case "all", "producer", "live-gateway":
 	default:
-		return fmt.Errorf("role %s is not built yet: this version runs all and producer", role)
+		return fmt.Errorf("role %s is not built yet: this version runs all, producer and live-gateway", role)
 	}
 	info := Ready{Role: role, DataDir: cfg.DataDir}
 
@@ -116,30 +118,49 @@ func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, 
 	}
 	info.Simulate = simulate
 
-	prod, err := producer.New(producer.Config{
-		Addr:           cfg.IngestAddr,
-		Source:         cfg.Source,
-		MaxBodyBytes:   cfg.Ingest.MaxBodyBytes,
-		MaxBatch:       cfg.Ingest.MaxBatch,
-		Timeout:        cfg.Ingest.Timeout,
-		StalwartSecret: cfg.Stalwart.Secret,
-		StalwartSource: cfg.Stalwart.Source,
-		Scrape: producer.ScrapeConfig{
-			URL: cfg.Stalwart.MetricsURL, User: cfg.Stalwart.MetricsUser, Password: cfg.Stalwart.MetricsPassword,
-			Interval: cfg.Stalwart.MetricsInterval, Buckets: cfg.Stalwart.HistogramBuckets, Source: cfg.Stalwart.Source,
-		},
-		MetricsInterval: cfg.Metrics.Interval,
-		Simulate:        simulate,
-		SimulateSeed:    cfg.SimulateSeed,
-		Grace:           cfg.Shutdown.Grace,
-	}, producer.Deps{Conn: nc, Publisher: pub, Keys: keys, Log: log.With("service", "producer")})
-	if err != nil {
-		return err
-	}
-	info.IngestAddr = prod.Addr()
-
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return prod.Run(gctx) })
+	if role == "all" || role == "producer" {
+		prod, err := producer.New(producer.Config{
+			Addr:           cfg.IngestAddr,
+			Source:         cfg.Source,
+			MaxBodyBytes:   cfg.Ingest.MaxBodyBytes,
+			MaxBatch:       cfg.Ingest.MaxBatch,
+			Timeout:        cfg.Ingest.Timeout,
+			StalwartSecret: cfg.Stalwart.Secret,
+			StalwartSource: cfg.Stalwart.Source,
+			Scrape: producer.ScrapeConfig{
+				URL: cfg.Stalwart.MetricsURL, User: cfg.Stalwart.MetricsUser, Password: cfg.Stalwart.MetricsPassword,
+				Interval: cfg.Stalwart.MetricsInterval, Buckets: cfg.Stalwart.HistogramBuckets, Source: cfg.Stalwart.Source,
+			},
+			MetricsInterval: cfg.Metrics.Interval,
+			Simulate:        simulate,
+			SimulateSeed:    cfg.SimulateSeed,
+			Grace:           cfg.Shutdown.Grace,
+		}, producer.Deps{Conn: nc, Publisher: pub, Keys: keys, Log: log.With("service", "producer")})
+		if err != nil {
+			return err
+		}
+		info.IngestAddr = prod.Addr()
+		g.Go(func() error { return prod.Run(gctx) })
+	}
+	if role == "all" || role == "live-gateway" {
+		var origins []string
+		for _, o := range strings.Split(cfg.Gateway.CORSOrigins, ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				origins = append(origins, o)
+			}
+		}
+		gw, err := livegateway.New(ctx, livegateway.Config{
+			Addr: cfg.HTTPAddr, Heartbeat: cfg.Gateway.Heartbeat, QueueSize: cfg.Gateway.QueueSize,
+			MaxStreams: cfg.Gateway.MaxStreams, MaxStreamsPerKey: cfg.Gateway.MaxStreamsPerKey,
+			CORSOrigins: origins, Grace: cfg.Shutdown.Grace,
+		}, livegateway.Deps{Conn: nc, Keys: keys, Log: log.With("service", "live-gateway")})
+		if err != nil {
+			return err
+		}
+		info.HTTPAddr = gw.Addr()
+		g.Go(func() error { return gw.Run(gctx) })
+	}
 	if ready != nil {
 		ready(info)
 	}
@@ -233,14 +254,21 @@ func generatedPassword(path, user string, info *Ready) (string, error) {
 // authenticate, and a first command to try.
 func PrintBanner(w io.Writer, r Ready) {
 	ingest := hostPort(r.IngestAddr)
+	api := hostPort(r.HTTPAddr)
 	fmt.Fprintf(w, "\nmailpulse is running (%s mode", r.Role)
 	if r.Embedded {
 		fmt.Fprintf(w, ", embedded NATS, data in %s", r.DataDir)
 	}
 	fmt.Fprintf(w, ")\n\n")
-	fmt.Fprintf(w, "  ingest API       http://%s/api/v1/events\n", ingest)
-	fmt.Fprintf(w, "  Stalwart webhook http://%s/ingest/stalwart\n", ingest)
-	fmt.Fprintf(w, "  health           http://%s/healthz   metrics: http://%s/metrics (admin or viewer key)\n", ingest, ingest)
+	if api != "" {
+		fmt.Fprintf(w, "  live events      http://%s/api/v1/live/events   (SSE; Stalwart clients: /api/live/tracing)\n", api)
+		fmt.Fprintf(w, "  API              http://%s/api/v1/keys   health: http://%s/healthz\n", api, api)
+	}
+	if ingest != "" {
+		fmt.Fprintf(w, "  ingest API       http://%s/api/v1/events\n", ingest)
+		fmt.Fprintf(w, "  Stalwart webhook http://%s/ingest/stalwart\n", ingest)
+		fmt.Fprintf(w, "  health           http://%s/healthz   metrics: http://%s/metrics (admin or viewer key)\n", ingest, ingest)
+	}
 	switch {
 	case r.NATSURL != "":
 		fmt.Fprintf(w, "  NATS             %s  user %s", r.NATSURL, r.NATSUser)
@@ -271,7 +299,17 @@ func PrintBanner(w io.Writer, r Ready) {
 	if key == "" {
 		key = "$MAILPULSE_INGEST_KEY"
 	}
-	fmt.Fprintf(w, "\n  Try:\n    curl -H 'Authorization: Bearer %s' \\\n      -d '[{\"type\":\"smtp.ehlo\",\"data\":{\"domain\":\"mx.example.com\"}}]' http://%s/api/v1/events\n\n", key, ingest)
+	if ingest != "" {
+		fmt.Fprintf(w, "\n  Try:\n    curl -H 'Authorization: Bearer %s' \\\n      -d '[{\"type\":\"smtp.ehlo\",\"data\":{\"domain\":\"mx.example.com\"}}]' http://%s/api/v1/events\n", key, ingest)
+	}
+	if api != "" {
+		admin := r.AdminKey
+		if admin == "" {
+			admin = "$MAILPULSE_ADMIN_KEY"
+		}
+		fmt.Fprintf(w, "    curl -N -H 'Authorization: Bearer %s' 'http://%s/api/v1/live/events?types=smtp.*&level=info'\n", admin, api)
+	}
+	fmt.Fprintln(w)
 }
 
 func hostPort(a net.Addr) string {

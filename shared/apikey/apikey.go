@@ -238,7 +238,7 @@ func (s *Store) create(ctx context.Context, id, name string, role Role) (string,
 // the previous fixed key of that id.
 func (s *Store) PutFixed(ctx context.Context, id, name string, role Role, plain string) error {
 	k := Key{ID: id, Name: name, Role: role, Hash: hashOf(plain), Fixed: true, CreatedAt: time.Now().UTC()}
-	if old, ok := s.get(id); ok && old.Hash == k.Hash && old.Role == role {
+	if old, ok := s.Get(id); ok && old.Hash == k.Hash && old.Role == role {
 		return nil // unchanged; keep the original creation time
 	}
 	b, _ := json.Marshal(k)
@@ -249,7 +249,8 @@ func (s *Store) PutFixed(ctx context.Context, id, name string, role Role, plain 
 	return nil
 }
 
-func (s *Store) get(id string) (Key, bool) {
+// Get returns the key with the id.
+func (s *Store) Get(id string) (Key, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	k, ok := s.byID[id]
@@ -269,7 +270,7 @@ func (s *Store) List() []Key {
 
 // Revoke deletes a key; it stops working on every replica as soon as they see the change.
 func (s *Store) Revoke(ctx context.Context, id string) error {
-	if _, ok := s.get(id); !ok {
+	if _, ok := s.Get(id); !ok {
 		return ErrNotFound
 	}
 	if err := s.kv.Delete(ctx, id); err != nil {

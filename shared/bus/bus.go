@@ -31,6 +31,7 @@ const (
 	BucketWebhooks   = "WEBHOOKS"    // webhook endpoints
 	BucketAlertRules = "ALERT_RULES" // alert rules
 	BucketAlertState = "ALERT_STATE" // firing and resolved alert instances
+	BucketGateway    = "GATEWAY"     // state the gateway replicas share (the stream-token secret)
 )
 
 // DeadLetterServices are the consuming services with a dead-letter stream each.
@@ -190,6 +191,7 @@ func BucketConfigs(l Limits) []jetstream.KeyValueConfig {
 		mk(BucketWebhooks, "webhook endpoints", 5),
 		mk(BucketAlertRules, "alert rules", 5),
 		mk(BucketAlertState, "alert instances and their state", 1),
+		mk(BucketGateway, "state shared by the gateway replicas", 1),
 	}
 }
 

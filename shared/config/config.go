@@ -56,6 +56,7 @@ type Config struct {
 	AdminKey  string `koanf:"admin_key" help:"fixed admin API key (at least 16 characters); generated on first start when empty" secret:"true"`
 	IngestKey string `koanf:"ingest_key" help:"fixed ingest API key (at least 16 characters); generated on first start when empty" secret:"true"`
 
+	Gateway  Gateway    `koanf:"gateway"`
 	NATS     NATS       `koanf:"nats"`
 	Stalwart Stalwart   `koanf:"stalwart"`
 	Ingest   Ingest     `koanf:"ingest"`
@@ -81,6 +82,15 @@ type Stalwart struct {
 	MetricsPassword  string        `koanf:"metrics_password" help:"Basic auth password for the metrics URL" secret:"true" roles:"all,producer"`
 	MetricsInterval  time.Duration `koanf:"metrics_interval" help:"scrape interval" roles:"all,producer"`
 	HistogramBuckets string        `koanf:"histogram_buckets" help:"how Stalwart writes histogram buckets: auto, per-bucket or cumulative" roles:"all,producer"`
+}
+
+// Gateway configures the live gateway.
+type Gateway struct {
+	Heartbeat        time.Duration `koanf:"heartbeat" help:"comment sent on idle streams so dead clients are noticed" roles:"all,live-gateway"`
+	QueueSize        int           `koanf:"queue_size" help:"events waiting for one slow stream before it loses some" roles:"all,live-gateway"`
+	MaxStreams       int           `koanf:"max_streams" help:"open streams in total (429 past it)" roles:"all,live-gateway"`
+	MaxStreamsPerKey int           `koanf:"max_streams_per_key" help:"open streams per API key (429 past it)" roles:"all,live-gateway"`
+	CORSOrigins      string        `koanf:"cors_origins" help:"comma-separated browser origins allowed to call the API (empty: none)" roles:"all,live-gateway"`
 }
 
 // Ingest bounds the ingest API.
@@ -116,6 +126,7 @@ func Default() Config {
 			MetricsInterval:  15 * time.Second,
 			HistogramBuckets: "auto",
 		},
+		Gateway:  Gateway{Heartbeat: 15 * time.Second, QueueSize: 1024, MaxStreams: 1000, MaxStreamsPerKey: 20},
 		Ingest:   Ingest{MaxBodyBytes: 16 << 20, MaxBatch: 10_000, Timeout: 10 * time.Second, Window: 4000},
 		Metrics:  Metrics{Interval: 10 * time.Second},
 		Stream:   bus.DefaultLimits(),
@@ -439,6 +450,15 @@ func (c *Config) Validate(role string) error {
 	}
 	if c.Ingest.Window < 1 || c.Ingest.Window > 1_000_000 {
 		add("ingest.window: want 1 to 1000000")
+	}
+	if c.Gateway.Heartbeat < 100*time.Millisecond || c.Gateway.Heartbeat > 5*time.Minute {
+		add("gateway.heartbeat: want 100ms to 5m")
+	}
+	if c.Gateway.QueueSize < 16 || c.Gateway.QueueSize > 1_000_000 {
+		add("gateway.queue_size: want 16 to 1000000")
+	}
+	if c.Gateway.MaxStreams < 1 || c.Gateway.MaxStreamsPerKey < 1 {
+		add("gateway.max_streams and gateway.max_streams_per_key: at least 1")
 	}
 	if c.Metrics.Interval < time.Second {
 		add("metrics.interval: at least 1s")
