@@ -89,6 +89,7 @@ type Service struct {
 	keys    *apikey.Store
 	tokens  *tokens
 	hub     *hub
+	snaps   *snapshots
 	app     *fiber.App
 	ln      net.Listener
 	metrics *gatewayMetrics
@@ -132,6 +133,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		cfg: cfg, log: deps.Log, nc: deps.Conn, js: js, keys: deps.Keys,
 		tokens:  &tokens{secret: secret, now: time.Now},
 		hub:     newHub(js, deps.Log),
+		snaps:   newSnapshots(js, deps.Log),
 		ln:      ln,
 		closing: make(chan struct{}),
 		openBy:  map[string]int{},
@@ -149,6 +151,7 @@ func (s *Service) Addr() net.Addr { return s.ln.Addr() }
 func (s *Service) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.hub.run(gctx) })
+	g.Go(func() error { return s.snaps.run(gctx) })
 	g.Go(func() error { return s.app.Listener(s.ln) })
 	g.Go(func() error {
 		<-gctx.Done()
@@ -208,6 +211,13 @@ func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
 	app.Get("/api/telemetry/live/metrics-token", s.authKey(apikey.Viewer), s.tokenJSON(purposeMetrics))
 	app.Get("/api/token/tracing", s.authKey(apikey.Viewer), s.tokenText(purposeTracing))
 	app.Get("/api/token/metrics", s.authKey(apikey.Viewer), s.tokenText(purposeMetrics))
+
+	// The mail servers' metrics: Prometheus exposition and live streams.
+	mailReg := prometheus.NewRegistry()
+	mailReg.MustRegister(collector{s.snaps})
+	app.Get("/metrics/prometheus", s.authKey(apikey.Viewer), adaptor.HTTPHandler(promhttp.HandlerFor(mailReg, promhttp.HandlerOpts{})))
+	app.Get("/api/telemetry/metrics/live", s.authStream(purposeMetrics), s.metricsStream(formatStalwart15))
+	app.Get("/api/live/metrics", s.authStream(purposeMetrics), s.metricsStream(formatStalwart16))
 
 	// Live event streams.
 	app.Get("/api/v1/live/events", s.authStream(purposeTracing), s.eventStream(formatNative))

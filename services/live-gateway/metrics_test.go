@@ -1,0 +1,113 @@
+package livegateway
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
+
+	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/metric"
+)
+
+func (h *harness) publishSnapshot(s metric.Snapshot) {
+	h.t.Helper()
+	b, _ := s.Marshal()
+	if err := h.pub.Publish(h.t.Context(), bus.Msg{Subject: bus.MetricsSubject(s.Source), ID: s.Instance + s.Time.String(), Data: b}); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func TestPrometheusExpositionAndMetricsStream(t *testing.T) {
+	h := start(t, Config{}, false)
+	t0 := time.Now().Add(-10 * time.Second)
+	hist := metric.NewHistogram(metric.SizeBounds)
+	hist.Observe(700)
+	hist.Observe(2048)
+	for i, n := range []uint64{100, 150} {
+		h.publishSnapshot(metric.Snapshot{Source: "mx1.example.org", Origin: metric.OriginEvents, Instance: "p1", Time: t0.Add(time.Duration(i*10) * time.Second), Start: t0,
+			Counters: map[string]uint64{"smtp.connection-start": n, "auth.failed": 3}, Gauges: map[string]float64{"smtp.active-connections": 4},
+			Histograms: map[string]metric.Histogram{"message.size": hist}})
+	}
+	h.publishSnapshot(metric.Snapshot{Source: "mx1.example.org", Origin: metric.OriginEvents, Instance: "p2", Time: t0, Start: t0,
+		Counters: map[string]uint64{"smtp.connection-start": 1}})
+
+	var page string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		code, body := get(t, h.url+"/metrics/prometheus", withKey(h.viewer))
+		if code != 200 {
+			t.Fatalf("/metrics/prometheus = %d %s", code, body)
+		}
+		if strings.Contains(body, `smtp_connection_start_total{origin="events",source="mx1.example.org"} 151`) {
+			page = body
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("exposition never showed the summed counter:\n%s", body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	for _, want := range []string{
+		"# TYPE smtp_connection_start_total counter",
+		"# HELP smtp_connection_start_total SMTP connection opened (smtp.connection-start)",
+		`smtp_active_connections{origin="events",source="mx1.example.org"} 4`,
+		`message_size_bucket{origin="events",source="mx1.example.org",le="500"} 0`,
+		`message_size_bucket{origin="events",source="mx1.example.org",le="1000"} 1`,
+		`message_size_bucket{origin="events",source="mx1.example.org",le="10000"} 2`,
+		`message_size_bucket{origin="events",source="mx1.example.org",le="+Inf"} 2`,
+		`message_size_count{origin="events",source="mx1.example.org"} 2`,
+	} {
+		if !strings.Contains(page, want) {
+			t.Errorf("exposition lacks %q", want)
+		}
+	}
+	// What promtool check metrics runs.
+	problems, err := promlint.New(strings.NewReader(page)).Lint()
+	if err != nil {
+		t.Fatalf("promlint: %v", err)
+	}
+	for _, p := range problems {
+		if !strings.Contains(p.Text, "unit") { // Stalwart's names carry no unit suffix
+			t.Errorf("promlint: %s: %s", p.Metric, p.Text)
+		}
+	}
+	if code, _ := get(t, h.url+"/metrics/prometheus", nil); code != 401 {
+		t.Errorf("/metrics/prometheus without a key = %d", code)
+	}
+
+	_, tok := get(t, h.url+"/api/token/metrics", withKey(h.viewer))
+	c, resp := h.open("/api/live/metrics?token="+tok+"&metrics=smtp.*,message.size&interval=1", nil)
+	if c == nil {
+		t.Fatalf("metrics stream: %d", resp.StatusCode)
+	}
+	f := c.next(t, "metrics")
+	var items []map[string]any
+	if err := json.Unmarshal([]byte(f.data), &items); err != nil {
+		t.Fatalf("metrics frame: %s", f.data)
+	}
+	got := map[string]map[string]any{}
+	for _, it := range items {
+		got[it["metric"].(string)] = it
+	}
+	if it := got["smtp.connection-start"]; it == nil || it["@type"] != "Counter" || it["count"].(float64) != 151 || it["rate"].(float64) != 5 {
+		t.Errorf("counter item = %v, want count 151 and rate 5/s", it)
+	}
+	if it := got["message.size"]; it == nil || it["@type"] != "Histogram" || it["count"].(float64) != 2 {
+		t.Errorf("histogram item = %v", it)
+	}
+	if _, ok := got["auth.failed"]; ok {
+		t.Error("auth.failed was not asked for")
+	}
+	c15, _ := h.open("/api/telemetry/metrics/live?metrics=smtp.active-connections&interval=1", withKey(h.viewer))
+	if f := c15.next(t, "metrics"); !strings.Contains(f.data, `"type":"gauge"`) || !strings.Contains(f.data, `"id":"smtp.active-connections"`) {
+		t.Errorf("0.15 metrics frame = %s", f.data)
+	}
+	for _, bad := range []string{"interval=0", "interval=abc", "metrics=a**b"} {
+		if _, resp := h.open("/api/live/metrics?"+bad, withKey(h.viewer)); resp.StatusCode != 400 {
+			t.Errorf("%s: %d, want 400", bad, resp.StatusCode)
+		}
+	}
+}
