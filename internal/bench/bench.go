@@ -31,7 +31,7 @@ import (
 // Main runs "mailpulse bench <what>".
 func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(stdout, "usage: mailpulse bench ingest [flags]   (ingest -h lists the flags)")
+		fmt.Fprintln(stdout, "usage: mailpulse bench ingest|live [flags]   (ingest -h, live -h list the flags)")
 		return 0
 	}
 	switch args[0] {
@@ -41,8 +41,14 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "live":
+		if err := live(args[1:], stdout); err != nil {
+			fmt.Fprintln(stderr, "bench live:", err)
+			return 1
+		}
+		return 0
 	}
-	fmt.Fprintf(stderr, "bench: unknown measurement %q (want ingest)\n", args[0])
+	fmt.Fprintf(stderr, "bench: unknown measurement %q (want ingest or live)\n", args[0])
 	return 2
 }
 

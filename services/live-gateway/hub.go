@@ -35,6 +35,17 @@ type client struct {
 	mu      sync.Mutex    // guards follow, used by the hub and by a replay
 }
 
+// match applies the stream's filter. Only a filter that follows spans has state to guard:
+// the others are read-only and need no lock on this hot path.
+func (c *client) match(typ string, data, spanStart []byte) bool {
+	if !c.needs {
+		return c.follow.Match(typ, data, spanStart)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.follow.Match(typ, data, spanStart)
+}
+
 // hub reads the log with one ordered consumer per process and fans each event out to the
 // streams whose filter it passes. Dispatch never blocks: a stream whose queue is full loses
 // the frame, and the count is reported to it.
@@ -183,24 +194,27 @@ func (h *hub) dispatch(seq uint64, subject string, data []byte) {
 	if spanID != "" && !isSpanStart(typ) {
 		f.spanStart = h.spans.get(spanID)
 	}
+	delivered, dropped := uint64(0), uint64(0)
 	h.mu.RLock()
 	for c := range h.clients {
-		c.mu.Lock()
-		ok := c.follow.Match(typ, data, f.spanStart)
-		c.mu.Unlock()
-		if !ok {
+		if !c.match(typ, data, f.spanStart) {
 			continue
 		}
 		select {
 		case c.ch <- f:
-			h.delivered.Add(1)
+			delivered++
 		default:
 			c.dropped.Add(1)
-			h.drops.Add(1)
+			dropped++
 		}
 	}
 	h.lastSeq.Store(seq)
 	h.mu.RUnlock()
+	// One update per event, not per stream: these counters are shared by every core.
+	h.delivered.Add(delivered)
+	if dropped > 0 {
+		h.drops.Add(dropped)
+	}
 	switch {
 	case spanID == "":
 	case isSpanStart(typ):

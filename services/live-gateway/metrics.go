@@ -38,6 +38,10 @@ type snapshots struct {
 
 const maxSnapshotSeries = 10_000 // bounds the map against a flood of sources
 
+// snapshotLookback is how far back the gateway reads snapshots when it starts: longer than
+// any sensible snapshot or scrape interval.
+const snapshotLookback = 10 * time.Minute
+
 func newSnapshots(js jetstream.JetStream, log *slog.Logger) *snapshots {
 	return &snapshots{js: js, log: log, latest: map[string]metric.Snapshot{}, prev: map[string]metric.Snapshot{}}
 }
@@ -61,10 +65,14 @@ func (s *snapshots) run(ctx context.Context) error {
 
 func (s *snapshots) consume(ctx context.Context) error {
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	// The last snapshot of each source first, then every new one.
+	// The snapshots of the last minutes first, then every new one. Not "last per subject":
+	// several producer instances publish on the same subject (metrics.<source>), and the
+	// gateway needs the latest of each of them.
+	since := time.Now().Add(-snapshotLookback)
 	cons, err := s.js.OrderedConsumer(cctx, bus.StreamMetrics, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{bus.SubjectMetrics},
-		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+		DeliverPolicy:  jetstream.DeliverByStartTimePolicy,
+		OptStartTime:   &since,
 	})
 	cancel()
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -134,17 +135,19 @@ func (s *Service) serve(w *bufio.Writer, cl *client, fm format, from resumePoint
 	}
 	reported := uint64(0)
 	var losingSince time.Time
+	yielded := false
 	for {
 		select {
 		case f := <-cl.ch:
-			// Write everything queued, then flush once.
+			// Write everything queued (up to a bound), then flush once.
+			sent := 0
 			for n := 0; ; n++ {
 				if f.seq > written {
 					sw.event(f)
 					written = f.seq
-					s.metrics.frames.Inc()
+					sent++
 				}
-				if n == 255 {
+				if n == 1023 {
 					break
 				}
 				select {
@@ -152,8 +155,21 @@ func (s *Service) serve(w *bufio.Writer, cl *client, fm format, from resumePoint
 					continue
 				default:
 				}
+				// Before the flush (a syscall), let the hub hand over what it is
+				// dispatching right now: under load, frames share flushes.
+				if !yielded {
+					yielded = true
+					runtime.Gosched()
+					select {
+					case f = <-cl.ch:
+						continue
+					default:
+					}
+				}
 				break
 			}
+			yielded = false
+			s.metrics.frames.Add(float64(sent))
 		case <-hb.C:
 			if sw.idle() {
 				if fm == formatStalwart16 {
@@ -270,10 +286,7 @@ func (s *Service) replay(w *bufio.Writer, sw *sseWriter, cl *client, from resume
 					spanStart = s.hub.spans.get(id)
 				}
 			}
-			cl.mu.Lock()
-			ok := cl.follow.Match(typ, msg.Data(), spanStart)
-			cl.mu.Unlock()
-			if ok {
+			if cl.match(typ, msg.Data(), spanStart) {
 				sw.event(frame{seq: seq, typ: typ, data: msg.Data(), spanStart: spanStart})
 				s.metrics.frames.Inc()
 			}
