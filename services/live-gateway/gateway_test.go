@@ -24,6 +24,7 @@ import (
 type harness struct {
 	t      *testing.T
 	srv    *brokertest.Server
+	nc     *nats.Conn
 	pub    *bus.Publisher
 	gw     *Service
 	url    string
@@ -55,7 +56,7 @@ func start(t *testing.T, cfg Config, tcp bool) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.pub = pub
+	h.pub, h.nc = pub, nc
 	if err := bus.Provision(t.Context(), pub.JetStream(), bus.Limits{}, nil); err != nil {
 		t.Fatal(err)
 	}
