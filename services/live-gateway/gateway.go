@@ -186,6 +186,20 @@ func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
 	if len(s.cfg.CORSOrigins) > 0 {
 		app.Use(cors.New(cors.Config{AllowOrigins: strings.Join(s.cfg.CORSOrigins, ","), AllowHeaders: "Authorization, Content-Type, Last-Event-ID"}))
 	}
+	// Latency of every request but the streams (whose handlers return at once; their life
+	// is counted by the stream metrics).
+	app.Use(func(c *fiber.Ctx) error {
+		start := time.Now()
+		err := c.Next()
+		if c.GetRespHeader(fiber.HeaderContentType) != "text/event-stream" {
+			route := "unmatched"
+			if r := c.Route(); r != nil && r.Path != "/" {
+				route = r.Path
+			}
+			s.metrics.requests.WithLabelValues(route).Observe(time.Since(start).Seconds())
+		}
+		return err
+	})
 	app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
 	app.Get("/readyz", func(c *fiber.Ctx) error {
 		if s.nc.Status() != nats.CONNECTED {

@@ -490,6 +490,17 @@ func TestSlowClientGetsDroppedEventAndOthersAreNotSlowed(t *testing.T) {
 	if got-1+reported < 4000 {
 		t.Errorf("reading client: %d events + %d reported dropped < 4000 published", got, reported)
 	}
+	// The stuck client goes away in the middle of a frame: its stream ends and its slot is
+	// given back.
+	conn.Close()
+	fast.close()
+	closeBy := time.Now().Add(15 * time.Second)
+	for h.gw.openStreams() != 0 {
+		if time.Now().After(closeBy) {
+			t.Fatalf("%d streams still open after their clients left mid-frame", h.gw.openStreams())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	deadline := time.Now().Add(10 * time.Second)
 	for h.gw.hub.drops.Load() == 0 {
 		if time.Now().After(deadline) {
@@ -660,5 +671,43 @@ func TestShutdownEndsStreamsPromptly(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("shutdown waited for the stream")
+	}
+}
+
+func TestHopelesslySlowStreamIsClosed(t *testing.T) {
+	h := start(t, Config{Hopeless: 300 * time.Millisecond}, false)
+	c, _ := h.open("/api/v1/live/events", withKey(h.viewer))
+	var cl *client
+	for cl == nil {
+		h.gw.hub.mu.RLock()
+		for x := range h.gw.hub.clients {
+			cl = x
+		}
+		h.gw.hub.mu.RUnlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The stream keeps losing frames: its queue overflows every time the hub dispatches.
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+				cl.dropped.Add(10)
+				h.tryPublish("smtp.ehlo", 1, `{}`)
+			}
+		}
+	}()
+	if e := c.next(t, "error"); !strings.Contains(e.data, "cannot keep up") {
+		t.Errorf("error frame = %s", e.data)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for h.gw.openStreams() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the hopeless stream was not closed")
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

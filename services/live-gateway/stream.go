@@ -134,7 +134,7 @@ func (s *Service) serve(w *bufio.Writer, cl *client, fm format, from resumePoint
 		batchTimer = t.C
 	}
 	reported := uint64(0)
-	var losingSince time.Time
+	var losingSince, lastLoss time.Time
 	yielded := false
 	for {
 		select {
@@ -190,20 +190,25 @@ func (s *Service) serve(w *bufio.Writer, cl *client, fm format, from resumePoint
 		if fm == formatNative {
 			sw.flushBatch()
 		}
-		// Report losses, and give up on a stream that keeps losing.
+		// Report losses, and give up on a stream that keeps losing: one that has lost
+		// frames again and again for the whole hopeless period, never going half that
+		// period without a loss.
+		now := time.Now()
 		if d := cl.dropped.Load(); d != reported {
 			sw.named("dropped", `{"dropped":`+strconv.FormatUint(d-reported, 10)+`,"total":`+strconv.FormatUint(d, 10)+`}`)
 			s.metrics.dropped.Add(float64(d - reported))
 			reported = d
 			if losingSince.IsZero() {
-				losingSince = time.Now()
-			} else if time.Since(losingSince) > s.cfg.Hopeless {
+				losingSince = now
+			}
+			lastLoss = now
+			if now.Sub(losingSince) > s.cfg.Hopeless {
 				sw.named("error", `{"error":"the stream cannot keep up and is closed; reconnect with Last-Event-ID to resume"}`)
 				_ = w.Flush()
 				return "too-slow"
 			}
-		} else if len(cl.ch) == 0 {
-			losingSince = time.Time{}
+		} else if !losingSince.IsZero() && now.Sub(lastLoss) > s.cfg.Hopeless/2 {
+			losingSince = time.Time{} // it caught up
 		}
 		if err := sw.err; err != nil {
 			return "gone"
