@@ -170,6 +170,17 @@ func live(args []string, out io.Writer) error {
 		}
 		fmt.Fprintf(out, "fixed 100 ev/s, %d unfiltered clients: delivered %8.0f/s  latency p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms  drops %d (target p99 ≤ 100 ms)\n",
 			*many, r.perSec, ms(r.p50), ms(r.p99), ms(r.max), r.drops)
+		rawURL, stopRaw, err := rawFanout(nc)
+		if err != nil {
+			return err
+		}
+		raw, err := fixedRateURL(ctx, js, rawURL, key, *many, 100, *seconds, false)
+		stopRaw()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "  same, raw core-NATS fan-out:        delivered %8.0f/s  latency p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms   gateway p99 ÷ raw p99 = %.2f\n",
+			raw.perSec, ms(raw.p50), ms(raw.p99), ms(raw.max), float64(r.p99)/float64(raw.p99))
 	}
 
 	return nil
@@ -276,6 +287,10 @@ func openStreams(url, key string, n int, query func(i int) string) ([]*sseReader
 }
 
 func fixedRate(ctx context.Context, js jetstream.JetStream, base, key string, clients, rate, seconds int, filtered bool) (liveResult, error) {
+	return fixedRateURL(ctx, js, base+"/api/v1/live/events", key, clients, rate, seconds, filtered)
+}
+
+func fixedRateURL(ctx context.Context, js jetstream.JetStream, streamURL, key string, clients, rate, seconds int, filtered bool) (liveResult, error) {
 	const types = 10
 	query := func(i int) string {
 		if filtered {
@@ -283,7 +298,10 @@ func fixedRate(ctx context.Context, js jetstream.JetStream, base, key string, cl
 		}
 		return "?types=bench.*"
 	}
-	readers, stop, err := openStreams(base+"/api/v1/live/events", key, clients, query)
+	if strings.HasSuffix(streamURL, "/raw") {
+		query = func(int) string { return "" }
+	}
+	readers, stop, err := openStreams(streamURL, key, clients, query)
 	if err != nil {
 		return liveResult{}, err
 	}
