@@ -1,0 +1,284 @@
+// Package store is the archiver's history store: the interface every implementation
+// (SQLite, PostgreSQL) satisfies, and what they share: the records, the terms that index
+// keywords and key values, and the span summaries.
+package store
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"strings"
+	"time"
+
+	"github.com/tidwall/gjson"
+
+	"github.com/mailpulse/mailpulse/shared/event"
+	"github.com/mailpulse/mailpulse/shared/history"
+)
+
+// Record is one event to store: its sequence in the log (the idempotency key: a redelivered
+// or replayed event has the same one) and the decoded event.
+type Record struct {
+	Seq   uint64
+	Event event.Event
+}
+
+// Store keeps events and answers history queries. Implementations are safe for concurrent
+// use.
+type Store interface {
+	// Write stores a batch in one transaction: when it returns nil every record is stored
+	// (records already stored are skipped), otherwise none is.
+	Write(ctx context.Context, recs []Record) error
+	// Query runs an event search.
+	Query(ctx context.Context, q history.Query) (history.Page, error)
+	// Span returns a session and its events in order; ErrNotFound if unknown.
+	Span(ctx context.Context, id string) (history.Span, []history.Stored, error)
+	// Stats reports the size of the store.
+	Stats(ctx context.Context) (Stats, error)
+	// DropBefore removes whole partitions that end before t and returns how many.
+	DropBefore(ctx context.Context, t time.Time) (int, error)
+	Close() error
+}
+
+// Stats describes a store's size.
+type Stats struct {
+	Events     int64 `json:"events"`
+	Bytes      int64 `json:"bytes"`
+	Partitions int   `json:"partitions"`
+}
+
+// Errors.
+var (
+	ErrNotFound = errors.New("not found")
+	// ErrInvalid marks a query the store cannot run as asked.
+	ErrInvalid = errors.New("invalid query")
+)
+
+// KeywordKeys are the keys whose values the keyword search (text=) finds, as Stalwart's
+// history indexes from, to, domain, hostname and remote IP, plus the identifiers people look
+// for.
+var KeywordKeys = map[string]bool{"from": true, "to": true, "domain": true, "hostname": true, "remoteIp": true,
+	"accountName": true, "queueId": true, "messageId": true}
+
+// maxTermValue bounds the values indexed as terms.
+const maxTermValue = 256
+
+// Term hashes an indexed value. Keyword keys are indexed by value alone (so a keyword finds
+// them whatever the key, and a key filter on them uses the same entry); other string keys by
+// key and value. Lookups through terms are always verified against the event, so a hash
+// collision costs a row read, never a wrong answer.
+func Term(key, value string) int64 {
+	h := fnv.New64a()
+	if !KeywordKeys[key] {
+		h.Write([]byte(key))
+		h.Write([]byte{'='})
+	}
+	h.Write([]byte(strings.ToLower(value)))
+	return int64(h.Sum64())
+}
+
+// KeywordTerm hashes a keyword of a text search.
+func KeywordTerm(word string) int64 { return Term("from", word) }
+
+// Terms returns the terms of an event: one per string value of its data (each element of a
+// list), and the domain of e-mail addresses in keyword keys.
+func Terms(e *event.Event) []int64 {
+	var out []int64
+	add := func(key, v string) {
+		if v == "" || len(v) > maxTermValue {
+			return
+		}
+		out = append(out, Term(key, v))
+		if KeywordKeys[key] {
+			if at := strings.LastIndexByte(v, '@'); at >= 0 && at < len(v)-1 {
+				out = append(out, Term(key, v[at+1:]))
+			}
+		}
+	}
+	e.Data.Each(func(key string, v gjson.Result) bool {
+		if key == "spanId" {
+			return true // spans have their own index
+		}
+		switch {
+		case v.Type == gjson.String:
+			add(key, v.Str)
+		case v.IsArray():
+			v.ForEach(func(_, el gjson.Result) bool {
+				if el.Type == gjson.String {
+					add(key, el.Str)
+				}
+				return true
+			})
+		}
+		return true
+	})
+	return dedupe(out)
+}
+
+func dedupe(xs []int64) []int64 {
+	if len(xs) < 2 {
+		return xs
+	}
+	seen := make(map[int64]bool, len(xs))
+	out := xs[:0]
+	for _, x := range xs {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// Matches verifies an event against the filters that an index only narrows: key filters
+// (exact; a list matches any element; numbers and booleans by their text) and keywords (a
+// whole value, or the domain of an address, of a keyword key, case-insensitive).
+func Matches(e *event.Event, q *history.Query) bool {
+	for k, want := range q.Keys {
+		if !valueMatches(e.Data.Get(k), want) {
+			return false
+		}
+	}
+	for _, t := range q.Terms {
+		found := false
+		e.Data.Each(func(key string, v gjson.Result) bool {
+			if KeywordKeys[key] && keywordIn(v, t) {
+				found = true
+			}
+			return !found
+		})
+		if !found {
+			return false
+		}
+	}
+	return true
+}
+
+func valueMatches(v gjson.Result, want string) bool {
+	switch {
+	case !v.Exists():
+		return false
+	case v.IsArray():
+		found := false
+		v.ForEach(func(_, el gjson.Result) bool {
+			found = valueMatches(el, want)
+			return !found
+		})
+		return found
+	case v.Type == gjson.String:
+		return v.Str == want
+	}
+	return v.Raw == want
+}
+
+func keywordIn(v gjson.Result, t string) bool {
+	if v.IsArray() {
+		found := false
+		v.ForEach(func(_, el gjson.Result) bool {
+			found = keywordIn(el, t)
+			return !found
+		})
+		return found
+	}
+	if v.Type != gjson.String {
+		return false
+	}
+	s := strings.ToLower(v.Str)
+	if s == t {
+		return true
+	}
+	at := strings.LastIndexByte(s, '@')
+	return at >= 0 && s[at+1:] == t
+}
+
+// SpanUpdate is what one event adds to its span's summary.
+type SpanUpdate struct {
+	ID       string
+	Source   string
+	Kind     string // set by the start event
+	Start    time.Time
+	End      time.Time // set by the end event
+	Duration int64
+	RemoteIP string
+	QueueIDs []string
+	From     string
+	To       []string
+	Outcome  string
+	Events   int
+}
+
+// SpanUpdates folds a batch's events into one update per span, in order.
+func SpanUpdates(recs []Record) []SpanUpdate {
+	idx := map[string]int{}
+	var out []SpanUpdate
+	for i := range recs {
+		e := &recs[i].Event
+		id := e.Data.Get("spanId").String()
+		if id == "" {
+			continue
+		}
+		j, ok := idx[id]
+		if !ok {
+			j = len(out)
+			idx[id] = j
+			out = append(out, SpanUpdate{ID: id, Source: e.Source, Start: e.CreatedAt})
+		}
+		u := &out[j]
+		u.Events++
+		if e.CreatedAt.Before(u.Start) {
+			u.Start = e.CreatedAt
+		}
+		typ := e.Type
+		switch {
+		case strings.HasSuffix(typ, ".connection-start") || typ == "delivery.attempt-start":
+			u.Kind, u.Start = typ, e.CreatedAt
+		case strings.HasSuffix(typ, ".connection-end") || typ == "delivery.attempt-end":
+			u.End = e.CreatedAt
+			u.Duration = e.Data.Get("elapsed").Int()
+		}
+		if v := e.Data.Get("remoteIp").Str; v != "" && u.RemoteIP == "" {
+			u.RemoteIP = v
+		}
+		if v := e.Data.Get("queueId").String(); v != "" && !contains(u.QueueIDs, v) && len(u.QueueIDs) < 16 {
+			u.QueueIDs = append(u.QueueIDs, v)
+		}
+		if v := e.Data.Get("from").Str; v != "" && u.From == "" {
+			u.From = v
+		}
+		e.Data.Get("to").ForEach(func(_, t gjson.Result) bool {
+			if t.Str != "" && !contains(u.To, t.Str) && len(u.To) < 64 {
+				u.To = append(u.To, t.Str)
+			}
+			return true
+		})
+		if to := e.Data.Get("to"); to.Type == gjson.String && !contains(u.To, to.Str) && len(u.To) < 64 {
+			u.To = append(u.To, to.Str)
+		}
+		if notable(typ) {
+			u.Outcome = typ
+		}
+	}
+	return out
+}
+
+// notable events decide a session's outcome: the last one wins.
+func notable(typ string) bool {
+	switch typ {
+	case "delivery.delivered", "delivery.failed", "delivery.completed", "delivery.connect-error", "delivery.rcpt-to-rejected",
+		"delivery.rcpt-to-failed", "delivery.dsn-perm-fail", "delivery.dsn-temp-fail", "queue.rescheduled",
+		"message-ingest.ham", "message-ingest.spam", "message-ingest.error", "auth.success", "auth.failed",
+		"auth.too-many-attempts", "security.authentication-ban", "smtp.relay-not-allowed", "smtp.mailbox-does-not-exist",
+		"smtp.message-too-large", "smtp.rcpt-to-greylisted":
+		return true
+	}
+	return false
+}
+
+func contains(xs []string, s string) bool {
+	for _, x := range xs {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,356 @@
+// Package history defines the questions mailpulse's history answers and their answers:
+// event searches, sessions (spans) and metric series. The gateway asks them over NATS
+// request-reply; any archiver replica answers from its store. Parsing a query from HTTP
+// parameters lives here too, so every front end validates the same way.
+package history
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mailpulse/mailpulse/shared/event"
+)
+
+// Subjects of the request-reply API; archivers answer in a queue group.
+const (
+	SubjectQuery = "history.query"
+	SubjectSpan  = "history.span"
+	QueueGroup   = "archiver"
+)
+
+// Limits on one query.
+const (
+	DefaultLimit = 100
+	MaxLimit     = 1000
+	MaxTerms     = 16
+	MaxKeys      = 16
+	MaxTypes     = 32
+	MaxValueLen  = 256
+)
+
+// Query is an event search. Times are event times (createdAt).
+type Query struct {
+	From     time.Time         `json:"from,omitzero"`
+	To       time.Time         `json:"to,omitzero"`
+	Types    []string          `json:"types,omitempty"`   // patterns: smtp.*, *.connection-start, auth.failed
+	MinLevel *event.Level      `json:"level,omitempty"`   // minimum level
+	Sources  []string          `json:"sources,omitempty"` // any of
+	Terms    []string          `json:"terms,omitempty"`   // keywords and phrases: all must match
+	Keys     map[string]string `json:"keys,omitempty"`    // camelCase key -> exact value (a list matches any element)
+	Desc     bool              `json:"desc,omitempty"`    // newest first
+	Limit    int               `json:"limit"`
+	Cursor   string            `json:"cursor,omitempty"` // from a previous page
+}
+
+// Page is a page of events, in the wire form, with the cursor of the next page.
+type Page struct {
+	Events []Stored `json:"events"`
+	Next   string   `json:"next,omitempty"`
+}
+
+// Stored is an event as the history keeps it: its sequence in the log and its wire form.
+type Stored struct {
+	Seq   uint64  `json:"seq"`
+	Event jsonRaw `json:"event"`
+}
+
+// jsonRaw is raw JSON that marshals as itself.
+type jsonRaw []byte
+
+// MarshalJSON implements json.Marshaler.
+func (r jsonRaw) MarshalJSON() ([]byte, error) {
+	if len(r) == 0 {
+		return []byte("null"), nil
+	}
+	return r, nil
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (r *jsonRaw) UnmarshalJSON(b []byte) error { *r = append((*r)[:0], b...); return nil }
+
+// Raw returns the stored event's JSON.
+func (s Stored) Raw() []byte { return s.Event }
+
+// NewStored wraps an event's JSON.
+func NewStored(seq uint64, raw []byte) Stored { return Stored{Seq: seq, Event: raw} }
+
+// Span is a session summary: one row to find, one query to open.
+type Span struct {
+	ID       string    `json:"id"`
+	Source   string    `json:"source"`
+	Kind     string    `json:"kind"` // the start event's type: smtp.connection-start, delivery.attempt-start, …
+	Start    time.Time `json:"start"`
+	End      time.Time `json:"end,omitzero"`
+	Duration int64     `json:"durationMs,omitempty"`
+	RemoteIP string    `json:"remoteIp,omitempty"`
+	QueueIDs []string  `json:"queueIds,omitempty"`
+	From     string    `json:"from,omitempty"`
+	To       []string  `json:"to,omitempty"`
+	Outcome  string    `json:"outcome,omitempty"` // the last notable event type
+	Events   int       `json:"events"`
+}
+
+// SpanReply answers SubjectSpan.
+type SpanReply struct {
+	Span   *Span    `json:"span,omitempty"`
+	Events []Stored `json:"events,omitempty"`
+	Error  string   `json:"error,omitempty"`
+}
+
+// QueryReply answers SubjectQuery.
+type QueryReply struct {
+	Page  *Page  `json:"page,omitempty"`
+	Error string `json:"error,omitempty"`
+	Code  int    `json:"code,omitempty"` // an HTTP status for the error
+}
+
+// Reserved parameters of ParseQuery; every other one is a key filter.
+var reserved = map[string]bool{"from": true, "to": true, "types": true, "type": true, "level": true, "source": true,
+	"text": true, "order": true, "limit": true, "cursor": true}
+
+// ParseQuery reads the native search parameters: from, to (RFC 3339; default the last 24 h),
+// types, level, source, text (keywords and "quoted phrases"), order (asc|desc), limit
+// (≤ MaxLimit), cursor, and any other parameter as an exact key filter (camelCase or
+// kebab-case). Every problem is reported at once.
+func ParseQuery(q url.Values, now time.Time) (Query, error) {
+	var errs []error
+	out := Query{Limit: DefaultLimit, Desc: true, Keys: map[string]string{}}
+	get := func(k string) string { return strings.TrimSpace(q.Get(k)) }
+	var err error
+	if v := get("to"); v != "" {
+		if out.To, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			errs = append(errs, fmt.Errorf("to %q: want an RFC 3339 time", trunc(v)))
+		}
+	} else {
+		out.To = now
+	}
+	if v := get("from"); v != "" {
+		if out.From, err = time.Parse(time.RFC3339Nano, v); err != nil {
+			errs = append(errs, fmt.Errorf("from %q: want an RFC 3339 time", trunc(v)))
+		}
+	} else {
+		out.From = out.To.Add(-24 * time.Hour)
+	}
+	if !out.From.IsZero() && !out.To.IsZero() && out.To.Before(out.From) {
+		errs = append(errs, errors.New("from is after to: the range is reversed"))
+	}
+	for _, name := range []string{"types", "type"} {
+		for _, p := range splitList(q[name]) {
+			if err := validPattern(p); err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			out.Types = append(out.Types, p)
+		}
+	}
+	if len(out.Types) > MaxTypes {
+		errs = append(errs, fmt.Errorf("types: at most %d patterns", MaxTypes))
+	}
+	if v := get("level"); v != "" {
+		l, err := event.ParseLevel(v)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("level: %w", err))
+		} else {
+			out.MinLevel = &l
+		}
+	}
+	out.Sources = splitList(q["source"])
+	if v := get("text"); v != "" {
+		terms, err := ParseTerms(v)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		out.Terms = terms
+	}
+	switch get("order") {
+	case "", "desc":
+	case "asc":
+		out.Desc = false
+	default:
+		errs = append(errs, errors.New("order: want asc or desc"))
+	}
+	if v := get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > MaxLimit {
+			errs = append(errs, fmt.Errorf("limit: want 1 to %d", MaxLimit))
+		} else {
+			out.Limit = n
+		}
+	}
+	if v := get("cursor"); v != "" {
+		if _, err := DecodeCursor(v); err != nil {
+			errs = append(errs, err)
+		}
+		out.Cursor = v
+	}
+	for name, vals := range q {
+		if reserved[name] {
+			continue
+		}
+		key := event.CamelKey(name)
+		if !validKey(key) {
+			errs = append(errs, fmt.Errorf("parameter %q: not a known parameter nor an event key", trunc(name)))
+			continue
+		}
+		v := strings.Join(vals, ",")
+		if len(v) > MaxValueLen {
+			errs = append(errs, fmt.Errorf("%s: longer than %d characters", key, MaxValueLen))
+			continue
+		}
+		out.Keys[key] = v
+	}
+	if len(out.Keys) > MaxKeys {
+		errs = append(errs, fmt.Errorf("at most %d key filters", MaxKeys))
+	}
+	if len(errs) > 0 {
+		sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+		return Query{}, errors.Join(errs...)
+	}
+	return out, nil
+}
+
+func trunc(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "…"
+	}
+	return s
+}
+
+func splitList(vals []string) []string {
+	var out []string
+	for _, v := range vals {
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
+
+func validKey(k string) bool {
+	if k == "" || len(k) > event.MaxKeyLen || k[0] < 'a' || k[0] > 'z' {
+		return false
+	}
+	for i := 1; i < len(k); i++ {
+		c := k[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// validPattern checks a type pattern: group.name, each part kebab-case, *, prefix* or *suffix.
+func validPattern(p string) error {
+	g, n, ok := strings.Cut(p, ".")
+	if p == "*" {
+		return nil
+	}
+	if !ok {
+		g, n = p, "*"
+	}
+	for _, part := range []string{g, n} {
+		core := strings.TrimSuffix(strings.TrimPrefix(part, "*"), "*")
+		if part == "*" {
+			continue
+		}
+		if core == "" || strings.Contains(core, "*") || (strings.HasPrefix(part, "*") && strings.HasSuffix(part, "*")) {
+			return fmt.Errorf("types: pattern %q: want group.name with *, prefix* or *suffix parts", trunc(p))
+		}
+		for i := 0; i < len(core); i++ {
+			if c := core[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+				return fmt.Errorf("types: pattern %q: want group.name with *, prefix* or *suffix parts", trunc(p))
+			}
+		}
+	}
+	return nil
+}
+
+// MatchType reports whether typ matches a pattern of ParseQuery.
+func MatchType(pattern, typ string) bool {
+	if pattern == "*" {
+		return true
+	}
+	pg, pn, ok := strings.Cut(pattern, ".")
+	if !ok {
+		pn = "*"
+	}
+	g, n, _ := strings.Cut(typ, ".")
+	return matchPart(pg, g) && matchPart(pn, n)
+}
+
+func matchPart(p, s string) bool {
+	switch {
+	case p == "*":
+		return true
+	case strings.HasPrefix(p, "*"):
+		return strings.HasSuffix(s, p[1:])
+	case strings.HasSuffix(p, "*"):
+		return strings.HasPrefix(s, p[:len(p)-1])
+	}
+	return p == s
+}
+
+// ParseTerms splits Stalwart's filter syntax: keywords separated by spaces, "quoted
+// phrases" kept whole. Terms are matched as whole values or words of indexed values, case
+// insensitively.
+func ParseTerms(s string) ([]string, error) {
+	var out []string
+	for s = strings.TrimSpace(s); s != ""; s = strings.TrimSpace(s) {
+		var t string
+		if s[0] == '"' {
+			end := strings.IndexByte(s[1:], '"')
+			if end < 0 {
+				return nil, errors.New(`text: unterminated "quoted phrase"`)
+			}
+			t, s = s[1:end+1], s[end+2:]
+		} else if i := strings.IndexAny(s, " \t"); i >= 0 {
+			t, s = s[:i], s[i:]
+		} else {
+			t, s = s, ""
+		}
+		if t = strings.ToLower(strings.TrimSpace(t)); t != "" {
+			if len(t) > MaxValueLen {
+				return nil, fmt.Errorf("text: a term is longer than %d characters", MaxValueLen)
+			}
+			out = append(out, t)
+		}
+	}
+	if len(out) > MaxTerms {
+		return nil, fmt.Errorf("text: at most %d terms", MaxTerms)
+	}
+	return out, nil
+}
+
+// Cursor is a position in a result, ordered by event time then log sequence: the last
+// event of the previous page.
+type Cursor struct {
+	TS  int64 // event time, unix microseconds
+	Seq uint64
+}
+
+// EncodeCursor makes an opaque cursor.
+func EncodeCursor(c Cursor) string {
+	var b [17]byte
+	b[0] = 1 // version
+	binary.BigEndian.PutUint64(b[1:], uint64(c.TS))
+	binary.BigEndian.PutUint64(b[9:], c.Seq)
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+// DecodeCursor reads a cursor made by EncodeCursor.
+func DecodeCursor(s string) (Cursor, error) {
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) != 17 || b[0] != 1 {
+		return Cursor{}, errors.New("cursor: not one this API made")
+	}
+	return Cursor{TS: int64(binary.BigEndian.Uint64(b[1:])), Seq: binary.BigEndian.Uint64(b[9:])}, nil
+}
