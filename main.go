@@ -29,7 +29,7 @@ const usage = `mailpulse — telemetry pipeline for mail servers, on NATS JetStr
 Usage:
   mailpulse [all] [flags]      run everything, on an embedded NATS server (the default)
   mailpulse <role> [flags]     run one role against an external NATS (--nats-url)
-                               roles: producer, live-gateway (more arrive with later versions)
+                               roles: producer, live-gateway, archiver (more arrive with later versions)
   mailpulse bench <what>       measure: ingest (run "mailpulse bench ingest -h")
   mailpulse <role> --help      every setting of a role
 

@@ -24,12 +24,15 @@ import (
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/mailpulse/mailpulse/services/archiver"
+	"github.com/mailpulse/mailpulse/services/archiver/store/sqlite"
 	livegateway "github.com/mailpulse/mailpulse/services/live-gateway"
 	"github.com/mailpulse/mailpulse/services/producer"
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/broker"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/config"
+	"github.com/mailpulse/mailpulse/shared/event"
 )
 
 // autoSimulateRate is the simulator's rate in all mode when no real source is configured.
@@ -53,9 +56,9 @@ type Ready struct {
 // Run runs role until ctx ends. ready, when not nil, is called once everything is up.
 func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, ready func(Ready)) error {
 	switch role {
-	case "all", "producer", "live-gateway":
+	case "all", "producer", "live-gateway", "archiver":
 	default:
-		return fmt.Errorf("role %s is not built yet: this version runs all, producer and live-gateway", role)
+		return fmt.Errorf("role %s is not built yet: this version runs all, producer, live-gateway and archiver", role)
 	}
 	info := Ready{Role: role, DataDir: cfg.DataDir}
 
@@ -144,12 +147,7 @@ func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, 
 		g.Go(func() error { return prod.Run(gctx) })
 	}
 	if role == "all" || role == "live-gateway" {
-		var origins []string
-		for _, o := range strings.Split(cfg.Gateway.CORSOrigins, ",") {
-			if o = strings.TrimSpace(o); o != "" {
-				origins = append(origins, o)
-			}
-		}
+		origins := splitComma(cfg.Gateway.CORSOrigins)
 		gw, err := livegateway.New(ctx, livegateway.Config{
 			Addr: cfg.HTTPAddr, Heartbeat: cfg.Gateway.Heartbeat, QueueSize: cfg.Gateway.QueueSize,
 			MaxStreams: cfg.Gateway.MaxStreams, MaxStreamsPerKey: cfg.Gateway.MaxStreamsPerKey,
@@ -161,10 +159,39 @@ func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, 
 		info.HTTPAddr = gw.Addr()
 		g.Go(func() error { return gw.Run(gctx) })
 	}
+	if role == "all" || role == "archiver" {
+		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+			return fmt.Errorf("data dir: %w", err)
+		}
+		st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "history.db"))
+		if err != nil {
+			return err
+		}
+		defer st.Close()
+		minLevel, _ := event.ParseLevel(cfg.Archiver.MinLevel) // validated
+		arc, err := archiver.New(archiver.Config{
+			MinLevel: minLevel, Include: splitComma(cfg.Archiver.Include), Exclude: splitComma(cfg.Archiver.Exclude),
+			Retention: cfg.Archiver.Retention, Grace: cfg.Shutdown.Grace,
+		}, archiver.Deps{Conn: nc, Store: st, Log: log.With("service", "archiver")})
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return arc.Run(gctx) })
+	}
 	if ready != nil {
 		ready(info)
 	}
 	return g.Wait()
+}
+
+func splitComma(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // provision creates the streams and buckets, waiting for NATS while it is not reachable.

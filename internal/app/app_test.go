@@ -73,6 +73,33 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 		t.Fatalf("ingest = %v %v", resp.StatusCode, err)
 	}
 
+	// The event becomes searchable through the gateway, answered by the archiver.
+	search := func(query string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+r.HTTPAddr.String()+"/api/v1/events?"+query, nil)
+		req.Header.Set("Authorization", "Bearer "+r.AdminKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline0 := time.Now().Add(20 * time.Second)
+	for {
+		code, body := search("types=e2e.*")
+		if code == 200 && strings.Contains(body, `"id":"e2e-1"`) {
+			break
+		}
+		if time.Now().After(deadline0) {
+			t.Fatalf("event not searchable: %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if code, body := search("from=2026-11-21T10:00:00Z&to=2026-11-20T10:00:00Z"); code != 400 || !strings.Contains(body, "reversed") {
+		t.Errorf("reversed range: %d %s", code, body)
+	}
+
 	// Another process joins the embedded server over TCP with the printed credentials and
 	// sees the simulator's events accumulate.
 	nc, err := nats.Connect(r.NATSURL, nats.UserInfo(r.NATSUser, r.NATSPass))

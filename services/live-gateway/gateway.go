@@ -233,6 +233,10 @@ func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
 	app.Get("/api/telemetry/metrics/live", s.authStream(purposeMetrics), s.metricsStream(formatStalwart15))
 	app.Get("/api/live/metrics", s.authStream(purposeMetrics), s.metricsStream(formatStalwart16))
 
+	// History, answered by the archivers.
+	app.Get("/api/v1/events", s.authKey(apikey.Viewer), s.events)
+	app.Get("/api/v1/spans/:id", s.authKey(apikey.Viewer), s.span)
+
 	// Live event streams.
 	app.Get("/api/v1/live/events", s.authStream(purposeTracing), s.eventStream(formatNative))
 	app.Get("/api/telemetry/traces/live", s.authStream(purposeTracing), s.eventStream(formatStalwart15))

@@ -711,3 +711,16 @@ func TestHopelesslySlowStreamIsClosed(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestHistoryWithoutArchiver(t *testing.T) {
+	h := start(t, Config{}, false)
+	if code, body := get(t, h.url+"/api/v1/events", withKey(h.viewer)); code != 503 || !strings.Contains(body, "no archiver") {
+		t.Errorf("no archiver: %d %s", code, body)
+	}
+	if code, body := get(t, h.url+"/api/v1/events?limit=100000&level=loud", withKey(h.viewer)); code != 400 || !strings.Contains(body, "limit") || !strings.Contains(body, "level") {
+		t.Errorf("bad query: %d %s", code, body)
+	}
+	if code, _ := get(t, h.url+"/api/v1/events", nil); code != 401 {
+		t.Errorf("no key: %d", code)
+	}
+}

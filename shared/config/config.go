@@ -57,6 +57,7 @@ type Config struct {
 	IngestKey string `koanf:"ingest_key" help:"fixed ingest API key (at least 16 characters); generated on first start when empty" secret:"true"`
 
 	Gateway  Gateway    `koanf:"gateway"`
+	Archiver Archiver   `koanf:"archiver"`
 	NATS     NATS       `koanf:"nats"`
 	Stalwart Stalwart   `koanf:"stalwart"`
 	Ingest   Ingest     `koanf:"ingest"`
@@ -93,6 +94,15 @@ type Gateway struct {
 	CORSOrigins      string        `koanf:"cors_origins" help:"comma-separated browser origins allowed to call the API (empty: none)" roles:"all,live-gateway"`
 }
 
+// Archiver configures the history.
+type Archiver struct {
+	Store     string        `koanf:"store" help:"history store: sqlite (a file in the data dir)" roles:"all,archiver"`
+	Retention time.Duration `koanf:"retention" help:"how long events are kept in the history (dropped by whole days)" roles:"all,archiver"`
+	MinLevel  string        `koanf:"min_level" help:"events below this level are not kept" roles:"all,archiver"`
+	Include   string        `koanf:"include" help:"comma-separated type patterns to keep (empty: all)" roles:"all,archiver"`
+	Exclude   string        `koanf:"exclude" help:"comma-separated type patterns not to keep" roles:"all,archiver"`
+}
+
 // Ingest bounds the ingest API.
 type Ingest struct {
 	MaxBodyBytes int           `koanf:"max_body_bytes" help:"largest request body accepted" roles:"all,producer"`
@@ -126,6 +136,7 @@ func Default() Config {
 			MetricsInterval:  15 * time.Second,
 			HistogramBuckets: "auto",
 		},
+		Archiver: Archiver{Store: "sqlite", Retention: 30 * 24 * time.Hour, MinLevel: "trace"},
 		Gateway:  Gateway{Heartbeat: 15 * time.Second, QueueSize: 1024, MaxStreams: 1000, MaxStreamsPerKey: 20},
 		Ingest:   Ingest{MaxBodyBytes: 16 << 20, MaxBatch: 10_000, Timeout: 10 * time.Second, Window: 4000},
 		Metrics:  Metrics{Interval: 10 * time.Second},
@@ -459,6 +470,15 @@ func (c *Config) Validate(role string) error {
 	}
 	if c.Gateway.MaxStreams < 1 || c.Gateway.MaxStreamsPerKey < 1 {
 		add("gateway.max_streams and gateway.max_streams_per_key: at least 1")
+	}
+	if c.Archiver.Store != "sqlite" {
+		add("archiver.store %q: want sqlite (postgresql comes with a later version)", c.Archiver.Store)
+	}
+	if c.Archiver.Retention < 24*time.Hour {
+		add("archiver.retention: at least 24h (history is dropped by whole days)")
+	}
+	if _, err := event.ParseLevel(c.Archiver.MinLevel); err != nil {
+		add("archiver.min_level: %v", err)
 	}
 	if c.Metrics.Interval < time.Second {
 		add("metrics.interval: at least 1s")

@@ -1,0 +1,189 @@
+package archiver_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/mailpulse/mailpulse/services/archiver"
+	"github.com/mailpulse/mailpulse/services/archiver/store/sqlite"
+	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
+	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/event"
+	"github.com/mailpulse/mailpulse/shared/history"
+)
+
+type harness struct {
+	t    *testing.T
+	nc   *nats.Conn
+	pub  *bus.Publisher
+	path string
+}
+
+func newHarness(t *testing.T) *harness {
+	s := brokertest.Start(t)
+	nc := s.Conn()
+	pub, err := bus.NewPublisher(nc, bus.PublisherConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Provision(t.Context(), pub.JetStream(), bus.Limits{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	return &harness{t: t, nc: nc, pub: pub, path: filepath.Join(t.TempDir(), "history.db")}
+}
+
+// run starts an archiver on the harness's store file; stop ends it and closes the store.
+func (h *harness) run(cfg archiver.Config) (stop func()) {
+	h.t.Helper()
+	st, err := sqlite.Open(h.t.Context(), h.path)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	a, err := archiver.New(cfg, archiver.Deps{Conn: h.nc, Store: st})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	stopped := false
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			h.t.Errorf("Run = %v", err)
+		}
+		st.Close()
+	}
+	h.t.Cleanup(stop)
+	return stop
+}
+
+func (h *harness) publish(n int, typ, data string, from int) {
+	h.t.Helper()
+	msgs := make([]bus.Msg, n)
+	for i := range n {
+		e := event.Event{ID: fmt.Sprintf("ev-%d", from+i), CreatedAt: time.Now().UTC(), Type: typ, Level: event.Info, Source: "mx1", Data: event.Data(data)}
+		msgs[i] = bus.Msg{Subject: e.Subject(), ID: e.ID, Data: e.AppendJSON(nil)}
+	}
+	errs := make([]error, n)
+	h.pub.PublishAll(h.t.Context(), msgs, errs)
+	for _, err := range errs {
+		if err != nil {
+			h.t.Fatal(err)
+		}
+	}
+}
+
+func (h *harness) query(q history.Query) history.QueryReply {
+	h.t.Helper()
+	b, _ := json.Marshal(q)
+	m, err := h.nc.Request(history.SubjectQuery, b, 5*time.Second)
+	if err != nil {
+		h.t.Fatalf("history request: %v", err)
+	}
+	var r history.QueryReply
+	if err := json.Unmarshal(m.Data, &r); err != nil {
+		h.t.Fatal(err)
+	}
+	return r
+}
+
+func (h *harness) count(q history.Query) int {
+	q.Limit = history.MaxLimit
+	q.From, q.To = time.Now().Add(-time.Hour), time.Now().Add(time.Hour)
+	n := 0
+	for {
+		r := h.query(q)
+		if r.Page == nil {
+			h.t.Fatalf("query error: %s", r.Error)
+		}
+		n += len(r.Page.Events)
+		if r.Page.Next == "" {
+			return n
+		}
+		q.Cursor = r.Page.Next
+	}
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func TestArchivesQueriesAndDeadLetters(t *testing.T) {
+	h := newHarness(t)
+	h.run(archiver.Config{Exclude: []string{"imap.*"}})
+	h.publish(1500, "smtp.rcpt-to", `{"spanId":"sp1","to":["bob@example.org"],"remoteIp":"203.0.113.7"}`, 0)
+	h.publish(10, "imap.fetch", `{}`, 2000)
+	// A message that is not an event, put straight on the subject.
+	if _, err := h.pub.JetStream().Publish(t.Context(), "events.smtp.ehlo", []byte(`{"not":"an event"`)); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "1500 events archived", func() bool { return h.count(history.Query{}) == 1500 })
+	if n := h.count(history.Query{Types: []string{"imap.*"}}); n != 0 {
+		t.Errorf("excluded events stored: %d", n)
+	}
+	if n := h.count(history.Query{Terms: []string{"bob@example.org"}, Keys: map[string]string{"remoteIp": "203.0.113.7"}}); n != 1500 {
+		t.Errorf("keyword + key query found %d, want 1500", n)
+	}
+	// The span, over request-reply.
+	m, err := h.nc.Request(history.SubjectSpan, []byte("sp1"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sr history.SpanReply
+	json.Unmarshal(m.Data, &sr)
+	if sr.Span == nil || sr.Span.Events != 1500 || len(sr.Events) != 1500 {
+		t.Errorf("span reply: %+v (%d events)", sr.Span, len(sr.Events))
+	}
+	// The undecodable message is in the dead-letter stream, with the reason.
+	name, _ := bus.DeadLetterStream("archiver")
+	eventually(t, "the dead letter", func() bool {
+		st, err := h.pub.JetStream().Stream(t.Context(), name)
+		if err != nil {
+			return false
+		}
+		info, _ := st.Info(t.Context())
+		return info.State.Msgs == 1
+	})
+	st, _ := h.pub.JetStream().Stream(t.Context(), name)
+	dl, err := st.GetMsg(t.Context(), 1)
+	if err != nil || dl.Header.Get("Mailpulse-Reason") == "" || dl.Header.Get("Mailpulse-Subject") != "events.smtp.ehlo" {
+		t.Errorf("dead letter = %+v, %v", dl, err)
+	}
+	if r := h.query(history.Query{Cursor: "garbage"}); r.Code != 400 {
+		t.Errorf("bad cursor: %+v, want code 400", r)
+	}
+}
+
+func TestRestartStoresNothingTwiceAndLosesNothing(t *testing.T) {
+	h := newHarness(t)
+	stop := h.run(archiver.Config{BatchSize: 100})
+	h.publish(1000, "smtp.ehlo", `{"domain":"mx.example.com"}`, 0)
+	eventually(t, "some events archived", func() bool { return h.count(history.Query{}) > 0 })
+	stop() // possibly mid-stream
+	h.publish(1000, "smtp.ehlo", `{"domain":"mx.example.com"}`, 1000)
+	// A new archiver on the same store and durable consumer continues where the last
+	// acknowledged batch ended.
+	h.run(archiver.Config{BatchSize: 100})
+	eventually(t, "all 2000 archived", func() bool { return h.count(history.Query{}) >= 2000 })
+	if n := h.count(history.Query{}); n != 2000 {
+		t.Errorf("%d events stored, want exactly 2000", n)
+	}
+}
