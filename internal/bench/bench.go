@@ -31,13 +31,19 @@ import (
 // Main runs "mailpulse bench <what>".
 func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(stdout, "usage: mailpulse bench ingest|live [flags]   (ingest -h, live -h list the flags)")
+		fmt.Fprintln(stdout, "usage: mailpulse bench ingest|live|archive [flags]   (<what> -h lists the flags)")
 		return 0
 	}
 	switch args[0] {
 	case "ingest":
 		if err := ingest(args[1:], stdout); err != nil {
 			fmt.Fprintln(stderr, "bench ingest:", err)
+			return 1
+		}
+		return 0
+	case "archive":
+		if err := archive(args[1:], stdout); err != nil {
+			fmt.Fprintln(stderr, "bench archive:", err)
 			return 1
 		}
 		return 0
@@ -48,7 +54,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	fmt.Fprintf(stderr, "bench: unknown measurement %q (want ingest or live)\n", args[0])
+	fmt.Fprintf(stderr, "bench: unknown measurement %q (want ingest, live or archive)\n", args[0])
 	return 2
 }
 

@@ -119,11 +119,20 @@ func New(cfg Config, deps Deps) (*Service, error) {
 // Run archives and answers queries until ctx ends; the batch in hand is written (or left
 // unacknowledged) before it returns.
 func (s *Service) Run(ctx context.Context) error {
+	// Answer queries before anything else, so a started archiver is never "no responders".
+	subs, err := s.subscribe(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		for _, sub := range subs {
+			_ = sub.Drain()
+		}
+	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
-	g.Go(func() error { return s.serveQueries(gctx) })
 	g.Go(func() error { return s.retention(gctx) })
-	err := g.Wait()
+	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}
@@ -259,21 +268,18 @@ func (s *Service) deadLetter(ctx context.Context, m jetstream.Msg, seq uint64, r
 	return err
 }
 
-// serveQueries answers history requests until ctx ends.
-func (s *Service) serveQueries(ctx context.Context) error {
+// subscribe starts answering history requests, in the archivers' queue group.
+func (s *Service) subscribe(ctx context.Context) ([]*nats.Subscription, error) {
 	qs, err := s.nc.QueueSubscribe(history.SubjectQuery, history.QueueGroup, func(m *nats.Msg) { s.answerQuery(ctx, m) })
 	if err != nil {
-		return err
+		return nil, fmt.Errorf("subscribe %s: %w", history.SubjectQuery, err)
 	}
 	ss, err := s.nc.QueueSubscribe(history.SubjectSpan, history.QueueGroup, func(m *nats.Msg) { s.answerSpan(ctx, m) })
 	if err != nil {
 		_ = qs.Unsubscribe()
-		return err
+		return nil, fmt.Errorf("subscribe %s: %w", history.SubjectSpan, err)
 	}
-	<-ctx.Done()
-	_ = qs.Drain()
-	_ = ss.Drain()
-	return nil
+	return []*nats.Subscription{qs, ss}, nil
 }
 
 func (s *Service) answerQuery(ctx context.Context, m *nats.Msg) {

@@ -87,7 +87,15 @@ func (h *harness) publish(n int, typ, data string, from int) {
 func (h *harness) query(q history.Query) history.QueryReply {
 	h.t.Helper()
 	b, _ := json.Marshal(q)
-	m, err := h.nc.Request(history.SubjectQuery, b, 5*time.Second)
+	var m *nats.Msg
+	var err error
+	// Right after a start the archiver may not answer yet.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if m, err = h.nc.Request(history.SubjectQuery, b, 5*time.Second); err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		h.t.Fatalf("history request: %v", err)
 	}
