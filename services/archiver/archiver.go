@@ -175,74 +175,116 @@ func (s *Service) consume(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) loop(ctx context.Context, cons jetstream.Consumer) error {
-	backoff := 500 * time.Millisecond
-	for ctx.Err() == nil {
-		batch, err := cons.Fetch(s.cfg.BatchSize, jetstream.FetchMaxWait(s.cfg.MaxWait))
-		if err != nil {
-			if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) {
-				continue
-			}
-			return err
-		}
-		var msgs []jetstream.Msg
-		for m := range batch.Messages() {
-			msgs = append(msgs, m)
-		}
-		if len(msgs) == 0 {
-			continue
-		}
-		if err := s.handle(ctx, msgs); err != nil {
-			s.metrics.storeErrors.Inc()
-			s.log.Warn("batch not stored; it will be delivered again", "events", len(msgs), "err", err, "retry_in", backoff)
-			for _, m := range msgs {
-				_ = m.NakWithDelay(backoff)
-			}
-			backoff = min(backoff*2, 30*time.Second)
-			sleep(ctx, backoff/2)
-			continue
-		}
-		backoff = 500 * time.Millisecond
-	}
-	return nil
+// batch is a fetched batch, decoded: what to store, and every message to acknowledge
+// once it is stored.
+type batch struct {
+	msgs    []jetstream.Msg
+	recs    []store.Record
+	skipped int
+	dead    int
 }
 
-// handle stores one fetched batch and acknowledges it after the commit. Undecodable
-// messages go to the dead-letter stream with the reason.
-func (s *Service) handle(ctx context.Context, msgs []jetstream.Msg) error {
-	recs := make([]store.Record, 0, len(msgs))
-	var skipped, dead []jetstream.Msg
+// loop fetches and decodes the next batch while the current one is written: the two stages
+// overlap on two cores. A batch is acknowledged only after its commit.
+func (s *Service) loop(ctx context.Context, cons jetstream.Consumer) error {
+	ch := make(chan batch, 1)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(ch)
+		for gctx.Err() == nil {
+			fetched, err := cons.Fetch(s.cfg.BatchSize, jetstream.FetchMaxWait(s.cfg.MaxWait))
+			if err != nil {
+				if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) {
+					continue
+				}
+				return err
+			}
+			var msgs []jetstream.Msg
+			for m := range fetched.Messages() {
+				msgs = append(msgs, m)
+			}
+			if len(msgs) == 0 {
+				continue
+			}
+			b, err := s.decode(gctx, msgs)
+			if err != nil {
+				for _, m := range msgs {
+					_ = m.NakWithDelay(time.Second)
+				}
+				return err
+			}
+			select {
+			case ch <- b:
+			case <-gctx.Done():
+				// Stopping: hand the batch back at once rather than after the ack wait.
+				for _, m := range msgs {
+					_ = m.Nak()
+				}
+				return nil
+			}
+		}
+		return nil
+	})
+	g.Go(func() error {
+		backoff := 500 * time.Millisecond
+		for b := range ch {
+			if err := s.commit(gctx, b); err != nil {
+				s.metrics.storeErrors.Inc()
+				s.log.Warn("batch not stored; it will be delivered again", "events", len(b.msgs), "err", err, "retry_in", backoff)
+				for _, m := range b.msgs {
+					_ = m.NakWithDelay(backoff)
+				}
+				backoff = min(backoff*2, 30*time.Second)
+				sleep(gctx, backoff/2)
+				continue
+			}
+			backoff = 500 * time.Millisecond
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// decode turns fetched messages into records. Undecodable messages go to the dead-letter
+// stream with the reason; events the keep filters reject are only acknowledged.
+func (s *Service) decode(ctx context.Context, msgs []jetstream.Msg) (batch, error) {
+	b := batch{msgs: msgs, recs: make([]store.Record, 0, len(msgs))}
 	for _, m := range msgs {
 		meta, err := m.Metadata()
 		if err != nil {
-			dead = append(dead, m)
+			b.dead++
 			continue
 		}
 		e, err := event.Decode(m.Data())
 		if err != nil {
 			if derr := s.deadLetter(ctx, m, meta.Sequence.Stream, err); derr != nil {
-				return fmt.Errorf("dead-letter: %w", derr)
+				return batch{}, fmt.Errorf("dead-letter: %w", derr)
 			}
-			dead = append(dead, m)
+			b.dead++
 			continue
 		}
 		if !s.cfg.keep(&e) {
-			skipped = append(skipped, m)
+			b.skipped++
 			continue
 		}
-		recs = append(recs, store.Record{Seq: meta.Sequence.Stream, Event: e})
+		b.recs = append(b.recs, store.Record{Seq: meta.Sequence.Stream, Event: e})
 	}
+	return b, nil
+}
+
+// commit writes a batch in one transaction, then acknowledges all its messages.
+func (s *Service) commit(ctx context.Context, b batch) error {
 	start := time.Now()
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
-	if err := s.st.Write(wctx, recs); err != nil {
+	if err := s.st.Write(wctx, b.recs); err != nil {
 		return err
 	}
 	s.metrics.writeSeconds.Observe(time.Since(start).Seconds())
-	s.metrics.stored.Add(float64(len(recs)))
-	s.metrics.skipped.Add(float64(len(skipped)))
-	s.metrics.dead.Add(float64(len(dead)))
-	for _, m := range msgs {
+	s.metrics.stored.Add(float64(len(b.recs)))
+	s.metrics.skipped.Add(float64(b.skipped))
+	s.metrics.dead.Add(float64(b.dead))
+	for _, m := range b.msgs {
 		_ = m.Ack()
 	}
 	return nil

@@ -219,70 +219,37 @@ func (s *Store) Write(ctx context.Context, recs []store.Record) (err error) {
 			_ = tx.Rollback()
 		}
 	}()
-	stmts := map[int][2]*sql.Stmt{}
-	defer func() {
-		for _, st := range stmts {
-			st[0].Close()
-			st[1].Close()
-		}
-	}()
-	var inserted []store.Record
+	// Group by day; skip what is stored already (one query per day), then insert the rest
+	// with multi-row statements: per-statement overhead was most of the cost.
+	byDay := map[int][]*store.Record{}
+	var order []int
 	for i := range recs {
-		r := &recs[i]
-		e := &r.Event
-		day := dayOf(e.CreatedAt)
-		st, ok := stmts[day]
-		if !ok {
-			s.cmu.RLock()
-			known := s.days[day]
-			s.cmu.RUnlock()
-			if !known && !newDays[day] {
-				if err := s.ensureDay(ctx, tx, day); err != nil {
-					return err
-				}
-				newDays[day] = true
-			}
-			d := strconv.Itoa(day)
-			ins, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO ev_`+d+`(seq, ts, typ, lvl, src, span, id, data) VALUES(?,?,?,?,?,?,?,?)`)
-			if err != nil {
-				return err
-			}
-			term, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO terms_`+d+`(term, seq) VALUES(?,?)`)
-			if err != nil {
-				ins.Close()
-				return err
-			}
-			st = [2]*sql.Stmt{ins, term}
-			stmts[day] = st
+		d := dayOf(recs[i].Event.CreatedAt)
+		if _, ok := byDay[d]; !ok {
+			order = append(order, d)
 		}
-		typ, err := s.id(ctx, tx, "t:"+e.Type, pending)
+		byDay[d] = append(byDay[d], &recs[i])
+	}
+	var inserted []store.Record
+	for _, day := range order {
+		s.cmu.RLock()
+		known := s.days[day]
+		s.cmu.RUnlock()
+		if !known && !newDays[day] {
+			if err := s.ensureDay(ctx, tx, day); err != nil {
+				return err
+			}
+			newDays[day] = true
+		}
+		fresh, err := s.notStored(ctx, tx, day, byDay[day])
 		if err != nil {
 			return err
 		}
-		src, err := s.id(ctx, tx, "s:"+e.Source, pending)
-		if err != nil {
+		if err := s.insertRows(ctx, tx, day, fresh, pending); err != nil {
 			return err
 		}
-		var span any
-		if v := e.Data.Get("spanId").String(); v != "" {
-			span = v
-		}
-		var data any
-		if len(e.Data) > 0 {
-			data = []byte(e.Data)
-		}
-		res, err := st[0].ExecContext(ctx, int64(r.Seq), e.CreatedAt.UnixNano(), typ, int(e.Level), src, span, e.ID, data)
-		if err != nil {
-			return fmt.Errorf("insert event %d: %w", r.Seq, err)
-		}
-		if n, _ := res.RowsAffected(); n == 0 {
-			continue // stored before: a redelivery or a replay
-		}
-		inserted = append(inserted, *r)
-		for _, t := range store.Terms(e) {
-			if _, err := st[1].ExecContext(ctx, t, int64(r.Seq)); err != nil {
-				return fmt.Errorf("index event %d: %w", r.Seq, err)
-			}
+		for _, r := range fresh {
+			inserted = append(inserted, *r)
 		}
 	}
 	if err := s.upsertSpans(ctx, tx, store.SpanUpdates(inserted), pending); err != nil {
@@ -290,6 +257,87 @@ func (s *Store) Write(ctx context.Context, recs []store.Record) (err error) {
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// notStored returns the records of one day whose sequence is not in the table yet: a
+// redelivered or replayed event is stored once.
+func (s *Store) notStored(ctx context.Context, tx *sql.Tx, day int, recs []*store.Record) ([]*store.Record, error) {
+	have := map[uint64]bool{}
+	for i := 0; i < len(recs); i += 500 {
+		part := recs[i:min(i+500, len(recs))]
+		args := make([]any, len(part))
+		for j, r := range part {
+			args[j] = int64(r.Seq)
+		}
+		rows, err := tx.QueryContext(ctx, `SELECT seq FROM ev_`+strconv.Itoa(day)+` WHERE seq IN (`+placeholders(len(part))+`)`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var seq int64
+			if err := rows.Scan(&seq); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			have[uint64(seq)] = true
+		}
+		rows.Close()
+	}
+	out := recs[:0:0]
+	for _, r := range recs {
+		if !have[r.Seq] {
+			have[r.Seq] = true // a batch may hold the same sequence twice
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// insertRows writes events and their terms with multi-row statements.
+func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, day int, recs []*store.Record, pending map[string]int64) error {
+	d := strconv.Itoa(day)
+	const rowsPer = 100
+	args := make([]any, 0, rowsPer*8)
+	var terms []any
+	for i := 0; i < len(recs); i += rowsPer {
+		part := recs[i:min(i+rowsPer, len(recs))]
+		args = args[:0]
+		for _, r := range part {
+			e := &r.Event
+			typ, err := s.id(ctx, tx, "t:"+e.Type, pending)
+			if err != nil {
+				return err
+			}
+			src, err := s.id(ctx, tx, "s:"+e.Source, pending)
+			if err != nil {
+				return err
+			}
+			var span any
+			if v := e.Data.Get("spanId").String(); v != "" {
+				span = v
+			}
+			var data any
+			if len(e.Data) > 0 {
+				data = []byte(e.Data)
+			}
+			args = append(args, int64(r.Seq), e.CreatedAt.UnixNano(), typ, int(e.Level), src, span, e.ID, data)
+			for _, t := range store.Terms(e) {
+				terms = append(terms, t, int64(r.Seq))
+			}
+		}
+		q := `INSERT INTO ev_` + d + `(seq, ts, typ, lvl, src, span, id, data) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?),", len(part)), ",")
+		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
+			return fmt.Errorf("insert events into %s: %w", d, err)
+		}
+	}
+	for i := 0; i < len(terms); i += 2 * 400 {
+		part := terms[i:min(i+2*400, len(terms))]
+		q := `INSERT OR IGNORE INTO terms_` + d + `(term, seq) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?),", len(part)/2), ",")
+		if _, err := tx.ExecContext(ctx, q, part...); err != nil {
+			return fmt.Errorf("index events in %s: %w", d, err)
+		}
 	}
 	return nil
 }
