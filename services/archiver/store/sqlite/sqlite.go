@@ -69,6 +69,10 @@ func Open(ctx context.Context, path string) (*Store, error) {
 			return nil, fmt.Errorf("create schema in %s: %w", path, err)
 		}
 	}
+	if err := checkVersion(ctx, w); err != nil {
+		w.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
 	r, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+"&mode=ro")
 	if err != nil {
 		w.Close()
@@ -81,6 +85,28 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// schemaVersion is kept in PRAGMA user_version. Version 2 put the time into the term index.
+const schemaVersion = 2
+
+func checkVersion(ctx context.Context, db *sql.DB) error {
+	var v int
+	if err := db.QueryRowContext(ctx, `PRAGMA user_version`).Scan(&v); err != nil {
+		return err
+	}
+	var tables int
+	if err := db.QueryRowContext(ctx, `SELECT count(*) FROM sqlite_master WHERE type='table' AND name LIKE 'ev_%'`).Scan(&tables); err != nil {
+		return err
+	}
+	switch {
+	case v == schemaVersion:
+		return nil
+	case v == 0 && tables == 0: // new file
+		_, err := db.ExecContext(ctx, fmt.Sprintf(`PRAGMA user_version = %d`, schemaVersion))
+		return err
+	}
+	return fmt.Errorf("history schema version %d, this mailpulse needs %d: move the file away and let the history be rebuilt from the log", v, schemaVersion)
 }
 
 func (s *Store) load(ctx context.Context) error {
@@ -141,6 +167,11 @@ func dayOf(t time.Time) int {
 	return y*10000 + int(m)*100 + d
 }
 
+// tsecOf is the second within the day of a time in ns.
+func tsecOf(ns int64, day int) int64 {
+	return (ns - dayStart(day).UnixNano()) / int64(time.Second)
+}
+
 func dayStart(day int) time.Time {
 	return time.Date(day/10000, time.Month(day/100%100), day%100, 0, 0, 0, 0, time.UTC)
 }
@@ -153,7 +184,9 @@ func (s *Store) ensureDay(ctx context.Context, tx *sql.Tx, day int) error {
 		`CREATE INDEX IF NOT EXISTS ev_` + d + `_typ ON ev_` + d + `(typ, ts)`,
 		`CREATE INDEX IF NOT EXISTS ev_` + d + `_ts ON ev_` + d + `(ts)`,
 		`CREATE INDEX IF NOT EXISTS ev_` + d + `_span ON ev_` + d + `(span) WHERE span IS NOT NULL`,
-		`CREATE TABLE IF NOT EXISTS terms_` + d + `(term INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY(term, seq)) WITHOUT ROWID`,
+		// tsec (seconds within the day, 3 bytes) lets a term lookup be a range scan of a time
+		// window instead of a set of the whole day.
+		`CREATE TABLE IF NOT EXISTS terms_` + d + `(term INTEGER NOT NULL, tsec INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY(term, tsec, seq)) WITHOUT ROWID`,
 	} {
 		if _, err := tx.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("create partition %d: %w", day, err)
@@ -323,8 +356,9 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, day int, recs []*sto
 				data = []byte(e.Data)
 			}
 			args = append(args, int64(r.Seq), e.CreatedAt.UnixNano(), typ, int(e.Level), src, span, e.ID, data)
+			tsec := tsecOf(e.CreatedAt.UnixNano(), day)
 			for _, t := range store.Terms(e) {
-				terms = append(terms, t, int64(r.Seq))
+				terms = append(terms, t, tsec, int64(r.Seq))
 			}
 		}
 		q := `INSERT INTO ev_` + d + `(seq, ts, typ, lvl, src, span, id, data) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?,?,?,?,?,?,?),", len(part)), ",")
@@ -332,9 +366,9 @@ func (s *Store) insertRows(ctx context.Context, tx *sql.Tx, day int, recs []*sto
 			return fmt.Errorf("insert events into %s: %w", d, err)
 		}
 	}
-	for i := 0; i < len(terms); i += 2 * 400 {
-		part := terms[i:min(i+2*400, len(terms))]
-		q := `INSERT OR IGNORE INTO terms_` + d + `(term, seq) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?),", len(part)/2), ",")
+	for i := 0; i < len(terms); i += 3 * 300 {
+		part := terms[i:min(i+3*300, len(terms))]
+		q := `INSERT OR IGNORE INTO terms_` + d + `(term, tsec, seq) VALUES ` + strings.TrimSuffix(strings.Repeat("(?,?,?),", len(part)/3), ",")
 		if _, err := tx.ExecContext(ctx, q, part...); err != nil {
 			return fmt.Errorf("index events in %s: %w", d, err)
 		}
@@ -572,54 +606,108 @@ type row struct {
 	data     []byte
 }
 
-// queryDay reads up to limit candidate rows of one partition, after the cursor.
+// queryDay reads up to limit candidate rows of one partition, after the cursor. A query
+// with a keyword or an indexed key filter is driven from the term index, one time window at
+// a time (newest first for desc): each window is a range scan of (term, tsec), so a common
+// term costs the rows of an hour, not of the day. Windows partition time, so ordering by
+// (ts, seq) inside each keeps the whole result in order.
 func (s *Store) queryDay(ctx context.Context, day int, q *history.Query, typeIDs, srcIDs []int64, cur *history.Cursor, limit int) ([]row, error) {
-	d := strconv.Itoa(day)
-	var where []string
-	var args []any
-	if !q.From.IsZero() {
-		where, args = append(where, "ts >= ?"), append(args, q.From.UnixNano())
-	}
-	if !q.To.IsZero() {
-		where, args = append(where, "ts <= ?"), append(args, q.To.UnixNano())
-	}
-	if len(typeIDs) > 0 {
-		where = append(where, "typ IN ("+placeholders(len(typeIDs))+")")
-		for _, id := range typeIDs {
-			args = append(args, id)
-		}
-	}
-	if len(srcIDs) > 0 {
-		where = append(where, "src IN ("+placeholders(len(srcIDs))+")")
-		for _, id := range srcIDs {
-			args = append(args, id)
-		}
-	}
-	if q.MinLevel != nil {
-		where, args = append(where, "lvl >= ?"), append(args, int(*q.MinLevel))
-	}
-	// Index lookups for keywords and string key filters; Matches verifies them.
+	var terms []int64
 	for _, t := range q.Terms {
-		where, args = append(where, "seq IN (SELECT seq FROM terms_"+d+" WHERE term = ?)"), append(args, store.KeywordTerm(t))
+		terms = append(terms, store.KeywordTerm(t))
 	}
 	for k, v := range q.Keys {
 		if _, err := strconv.ParseFloat(v, 64); err == nil || v == "true" || v == "false" {
 			continue // numbers and booleans are not indexed: checked row by row
 		}
-		where, args = append(where, "seq IN (SELECT seq FROM terms_"+d+" WHERE term = ?)"), append(args, store.Term(k, v))
+		terms = append(terms, store.Term(k, v))
 	}
-	order := "ts ASC, seq ASC"
+	if len(terms) == 0 {
+		return s.queryRange(ctx, day, q, typeIDs, srcIDs, cur, limit, nil, -1, -1)
+	}
+	// The window of the whole query within this day, in seconds of the day.
+	lo, hi := int64(0), int64(86399)
+	if !q.From.IsZero() {
+		lo = max(lo, tsecOf(q.From.UnixNano(), day))
+	}
+	if !q.To.IsZero() {
+		hi = min(hi, tsecOf(q.To.UnixNano(), day))
+	}
+	if cur != nil {
+		if q.Desc {
+			hi = min(hi, tsecOf(cur.TS, day))
+		} else {
+			lo = max(lo, tsecOf(cur.TS, day))
+		}
+	}
+	const window = 3600
+	var out []row
+	for w := 0; lo <= hi && len(out) < limit; w++ {
+		var a, b int64
+		if q.Desc {
+			a, b = max(lo, hi-window+1), hi
+			hi = a - 1
+		} else {
+			a, b = lo, min(hi, lo+window-1)
+			lo = b + 1
+		}
+		rows, err := s.queryRange(ctx, day, q, typeIDs, srcIDs, cur, limit-len(out), terms, a, b)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, rows...)
+	}
+	return out, nil
+}
+
+// queryRange runs one query on a partition. With terms, the first drives the scan between
+// the seconds a and b of the day; the others are point lookups.
+func (s *Store) queryRange(ctx context.Context, day int, q *history.Query, typeIDs, srcIDs []int64, cur *history.Cursor, limit int, terms []int64, a, b int64) ([]row, error) {
+	d := strconv.Itoa(day)
+	var where []string
+	var args []any
+	from := "ev_" + d + " e"
+	if len(terms) > 0 {
+		from = "terms_" + d + " t JOIN ev_" + d + " e ON e.seq = t.seq"
+		where, args = append(where, "t.term = ?", "t.tsec BETWEEN ? AND ?"), append(args, terms[0], a, b)
+		for _, t := range terms[1:] {
+			where = append(where, "EXISTS (SELECT 1 FROM terms_"+d+" t2 WHERE t2.term = ? AND t2.tsec = t.tsec AND t2.seq = e.seq)")
+			args = append(args, t)
+		}
+	}
+	if !q.From.IsZero() {
+		where, args = append(where, "e.ts >= ?"), append(args, q.From.UnixNano())
+	}
+	if !q.To.IsZero() {
+		where, args = append(where, "e.ts <= ?"), append(args, q.To.UnixNano())
+	}
+	if len(typeIDs) > 0 {
+		where = append(where, "e.typ IN ("+placeholders(len(typeIDs))+")")
+		for _, id := range typeIDs {
+			args = append(args, id)
+		}
+	}
+	if len(srcIDs) > 0 {
+		where = append(where, "e.src IN ("+placeholders(len(srcIDs))+")")
+		for _, id := range srcIDs {
+			args = append(args, id)
+		}
+	}
+	if q.MinLevel != nil {
+		where, args = append(where, "e.lvl >= ?"), append(args, int(*q.MinLevel))
+	}
+	order := "e.ts ASC, e.seq ASC"
 	if cur != nil {
 		op := ">"
 		if q.Desc {
 			op = "<"
 		}
-		where, args = append(where, "(ts, seq) "+op+" (?, ?)"), append(args, cur.TS, int64(cur.Seq))
+		where, args = append(where, "(e.ts, e.seq) "+op+" (?, ?)"), append(args, cur.TS, int64(cur.Seq))
 	}
 	if q.Desc {
-		order = "ts DESC, seq DESC"
+		order = "e.ts DESC, e.seq DESC"
 	}
-	sqlq := "SELECT seq, ts, typ, lvl, src, id, data FROM ev_" + d
+	sqlq := "SELECT e.seq, e.ts, e.typ, e.lvl, e.src, e.id, e.data FROM " + from
 	if len(where) > 0 {
 		sqlq += " WHERE " + strings.Join(where, " AND ")
 	}
