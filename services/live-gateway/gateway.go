@@ -236,6 +236,7 @@ func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
 	// History, answered by the archivers.
 	app.Get("/api/v1/events", s.authKey(apikey.Viewer), s.events)
 	app.Get("/api/v1/spans/:id", s.authKey(apikey.Viewer), s.span)
+	app.Get("/api/v1/replay", s.authKey(apikey.Viewer), s.replayRange)
 
 	// Live event streams.
 	app.Get("/api/v1/live/events", s.authStream(purposeTracing), s.eventStream(formatNative))
