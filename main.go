@@ -30,7 +30,8 @@ Usage:
   mailpulse [all] [flags]      run everything, on an embedded NATS server (the default)
   mailpulse <role> [flags]     run one role against an external NATS (--nats-url)
                                roles: producer, live-gateway, archiver (more arrive with later versions)
-  mailpulse bench <what>       measure: ingest (run "mailpulse bench ingest -h")
+  mailpulse archiver rebuild   recreate the history from the log
+  mailpulse bench <what>       measure: ingest, live, archive (run "mailpulse bench ingest -h")
   mailpulse <role> --help      every setting of a role
 
 `
@@ -46,6 +47,10 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return 0
 	case "bench":
 		return bench.Main(args, stdout, stderr)
+	case "archiver":
+		if len(args) > 0 && args[0] == "rebuild" {
+			return rebuild(args[1:], environ, stdout, stderr)
+		}
 	}
 	loader := config.NewLoader(role)
 	cfg, err := loader.Load(args, environ)
@@ -74,6 +79,27 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	log.Info("stopped")
+	return 0
+}
+
+// rebuild is "mailpulse archiver rebuild": the history recreated from the log.
+func rebuild(args, environ []string, stdout, stderr io.Writer) int {
+	// The settings of all mode: the embedded log is used when no external NATS is given.
+	cfg, err := config.NewLoader("all").Load(args, environ)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(stdout, "usage: mailpulse archiver rebuild [--data-dir DIR] [--nats-url URL …]\n  recreates the history from the log; stop mailpulse first when it runs the embedded server")
+		return 0
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "mailpulse archiver rebuild: invalid configuration:\n  - %s\n", strings.ReplaceAll(err.Error(), "\n", "\n  - "))
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.Rebuild(ctx, cfg, cfg.Logger(stderr), stdout); err != nil {
+		fmt.Fprintln(stderr, "mailpulse archiver rebuild:", err)
+		return 1
+	}
 	return 0
 }
 

@@ -352,3 +352,74 @@ func hostPort(a net.Addr) string {
 	}
 	return net.JoinHostPort(host, port)
 }
+
+// Rebuild recreates the history store from the log: it replays EVENTS into a new file,
+// puts it in place of the old one (kept as history.db.old) and points the archivers'
+// consumer after the rebuilt point. Without an external NATS it opens the embedded
+// server's store in the data dir, so mailpulse must not be running.
+func Rebuild(ctx context.Context, cfg config.Config, log *slog.Logger, out io.Writer) error {
+	var nc *nats.Conn
+	if cfg.NATS.URL == "" {
+		srv, err := broker.Start(broker.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Name: "mailpulse-rebuild", ReadyTimeout: 10 * time.Second}, log)
+		if err != nil {
+			return fmt.Errorf("open the embedded log in %s (is mailpulse still running?): %w", cfg.DataDir, err)
+		}
+		defer srv.Shutdown()
+		if nc, err = srv.Connect(); err != nil {
+			return err
+		}
+	} else {
+		opts := bus.ConnectOptions("mailpulse-rebuild", log)
+		if cfg.NATS.User != "" {
+			opts = append(opts, nats.UserInfo(cfg.NATS.User, cfg.NATS.Password))
+		}
+		var err error
+		if nc, err = nats.Connect(cfg.NATS.URL, opts...); err != nil {
+			return err
+		}
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	if err := provision(ctx, js, cfg.Stream, log); err != nil {
+		return err
+	}
+	path := filepath.Join(cfg.DataDir, "history.db")
+	tmp := path + ".rebuild"
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		_ = os.Remove(tmp + suffix)
+	}
+	st, err := sqlite.Open(ctx, tmp)
+	if err != nil {
+		return err
+	}
+	minLevel, _ := event.ParseLevel(cfg.Archiver.MinLevel)
+	start := time.Now()
+	n, last, err := archiver.Rebuild(ctx, js, st, archiver.Config{MinLevel: minLevel, Include: splitComma(cfg.Archiver.Include), Exclude: splitComma(cfg.Archiver.Exclude)}, log)
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("rebuild: %w (the current history is untouched)", err)
+	}
+	for _, suffix := range []string{"", "-wal", "-shm"} {
+		if _, err := os.Stat(path + suffix); err == nil {
+			if err := os.Rename(path+suffix, path+".old"+suffix); err != nil {
+				return err
+			}
+		}
+		if _, err := os.Stat(tmp + suffix); err == nil {
+			if err := os.Rename(tmp+suffix, path+suffix); err != nil {
+				return err
+			}
+		}
+	}
+	if err := archiver.ResetConsumer(ctx, js, "archiver", last); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "history rebuilt from the log: %d events up to sequence %d in %s, in %s (the previous file is %s.old)\n",
+		n, last, time.Since(start).Round(time.Millisecond), path, path)
+	return nil
+}

@@ -195,3 +195,33 @@ func TestRestartStoresNothingTwiceAndLosesNothing(t *testing.T) {
 		t.Errorf("%d events stored, want exactly 2000", n)
 	}
 }
+
+func TestRebuildFromTheLog(t *testing.T) {
+	h := newHarness(t)
+	h.publish(2500, "smtp.rcpt-to", `{"to":["bob@example.org"]}`, 0)
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "rebuilt.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	n, last, err := archiver.Rebuild(t.Context(), h.pub.JetStream(), st, archiver.Config{}, nil)
+	if err != nil || n != 2500 || last != 2500 {
+		t.Fatalf("Rebuild = %d, %d, %v; want 2500 events up to sequence 2500", n, last, err)
+	}
+	page, err := st.Query(t.Context(), history.Query{From: time.Now().Add(-time.Hour), To: time.Now().Add(time.Hour), Terms: []string{"bob@example.org"}, Limit: 1000})
+	if err != nil || len(page.Events) != 1000 || page.Next == "" {
+		t.Errorf("rebuilt store query: %d events, next %q, %v", len(page.Events), page.Next, err)
+	}
+	// The archiver then continues after the rebuilt point only.
+	if err := archiver.ResetConsumer(t.Context(), h.pub.JetStream(), "archiver", last); err != nil {
+		t.Fatal(err)
+	}
+	cons, err := h.pub.JetStream().Consumer(t.Context(), bus.StreamEvents, "archiver")
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := cons.Info(t.Context())
+	if info.NumPending != 0 {
+		t.Errorf("the consumer has %d pending after a reset to the end", info.NumPending)
+	}
+}
