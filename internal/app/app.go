@@ -25,6 +25,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/mailpulse/mailpulse/services/archiver"
+	"github.com/mailpulse/mailpulse/services/archiver/store"
+	"github.com/mailpulse/mailpulse/services/archiver/store/postgres"
 	"github.com/mailpulse/mailpulse/services/archiver/store/sqlite"
 	livegateway "github.com/mailpulse/mailpulse/services/live-gateway"
 	"github.com/mailpulse/mailpulse/services/producer"
@@ -163,7 +165,13 @@ func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, 
 		if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 			return fmt.Errorf("data dir: %w", err)
 		}
-		st, err := sqlite.Open(ctx, filepath.Join(cfg.DataDir, "history.db"))
+		var st store.Store
+		var err error
+		if cfg.Archiver.Store == "postgresql" {
+			st, err = postgres.Open(ctx, cfg.Archiver.PostgresURL)
+		} else {
+			st, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "history.db"))
+		}
 		if err != nil {
 			return err
 		}
@@ -358,6 +366,9 @@ func hostPort(a net.Addr) string {
 // consumer after the rebuilt point. Without an external NATS it opens the embedded
 // server's store in the data dir, so mailpulse must not be running.
 func Rebuild(ctx context.Context, cfg config.Config, log *slog.Logger, out io.Writer) error {
+	if cfg.Archiver.Store != "sqlite" {
+		return fmt.Errorf("rebuild works on the SQLite history only for now; for %s, drop its tables and reset the archiver consumer by hand", cfg.Archiver.Store)
+	}
 	var nc *nats.Conn
 	if cfg.NATS.URL == "" {
 		srv, err := broker.Start(broker.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Name: "mailpulse-rebuild", ReadyTimeout: 10 * time.Second}, log)

@@ -11,11 +11,13 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/mailpulse/mailpulse/services/archiver"
+	"github.com/mailpulse/mailpulse/services/archiver/store/postgres"
 	"github.com/mailpulse/mailpulse/services/archiver/store/sqlite"
 	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/history"
+	"github.com/mailpulse/mailpulse/shared/pgtest"
 )
 
 type harness struct {
@@ -223,5 +225,40 @@ func TestRebuildFromTheLog(t *testing.T) {
 	info, _ := cons.Info(t.Context())
 	if info.NumPending != 0 {
 		t.Errorf("the consumer has %d pending after a reset to the end", info.NumPending)
+	}
+}
+
+func TestTwoArchiversShareOnePostgreSQL(t *testing.T) {
+	h := newHarness(t)
+	dsn := pgtest.Database(t, pgtest.Server(t))
+	var stores []*postgres.Store
+	for range 2 {
+		st, err := postgres.Open(t.Context(), dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stores = append(stores, st)
+		a, err := archiver.New(archiver.Config{BatchSize: 50}, archiver.Deps{Conn: h.nc, Store: st})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- a.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done; st.Close() })
+	}
+	// One long session whose events the two archivers share: its summary must count them all.
+	h.publish(3000, "smtp.rcpt-to", `{"spanId":"shared","to":["bob@example.org"]}`, 0)
+	eventually(t, "3000 events stored", func() bool {
+		st, err := stores[0].Stats(t.Context())
+		return err == nil && st.Events >= 3000
+	})
+	st, _ := stores[0].Stats(t.Context())
+	if st.Events != 3000 {
+		t.Errorf("%d events stored by two archivers, want exactly 3000", st.Events)
+	}
+	sp, evs, err := stores[1].Span(t.Context(), "shared")
+	if err != nil || sp.Events != 3000 || len(evs) != 3000 {
+		t.Errorf("span summary counts %d events (%d rows), %v; want 3000", sp.Events, len(evs), err)
 	}
 }

@@ -96,11 +96,12 @@ type Gateway struct {
 
 // Archiver configures the history.
 type Archiver struct {
-	Store     string        `koanf:"store" help:"history store: sqlite (a file in the data dir)" roles:"all,archiver"`
-	Retention time.Duration `koanf:"retention" help:"how long events are kept in the history (dropped by whole days)" roles:"all,archiver"`
-	MinLevel  string        `koanf:"min_level" help:"events below this level are not kept" roles:"all,archiver"`
-	Include   string        `koanf:"include" help:"comma-separated type patterns to keep (empty: all)" roles:"all,archiver"`
-	Exclude   string        `koanf:"exclude" help:"comma-separated type patterns not to keep" roles:"all,archiver"`
+	Store       string        `koanf:"store" help:"history store: sqlite (a file in the data dir) or postgresql (for several archivers)" roles:"all,archiver"`
+	PostgresURL string        `koanf:"postgres_url" help:"PostgreSQL connection string when store is postgresql" secret:"true" roles:"all,archiver"`
+	Retention   time.Duration `koanf:"retention" help:"how long events are kept in the history (dropped by whole days)" roles:"all,archiver"`
+	MinLevel    string        `koanf:"min_level" help:"events below this level are not kept" roles:"all,archiver"`
+	Include     string        `koanf:"include" help:"comma-separated type patterns to keep (empty: all)" roles:"all,archiver"`
+	Exclude     string        `koanf:"exclude" help:"comma-separated type patterns not to keep" roles:"all,archiver"`
 }
 
 // Ingest bounds the ingest API.
@@ -471,8 +472,14 @@ func (c *Config) Validate(role string) error {
 	if c.Gateway.MaxStreams < 1 || c.Gateway.MaxStreamsPerKey < 1 {
 		add("gateway.max_streams and gateway.max_streams_per_key: at least 1")
 	}
-	if c.Archiver.Store != "sqlite" {
-		add("archiver.store %q: want sqlite (postgresql comes with a later version)", c.Archiver.Store)
+	switch c.Archiver.Store {
+	case "sqlite":
+	case "postgresql":
+		if c.Archiver.PostgresURL == "" {
+			add("archiver.postgres_url: required when archiver.store is postgresql")
+		}
+	default:
+		add("archiver.store %q: want sqlite or postgresql", c.Archiver.Store)
 	}
 	if c.Archiver.Retention < 24*time.Hour {
 		add("archiver.retention: at least 24h (history is dropped by whole days)")
