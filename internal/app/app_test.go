@@ -100,6 +100,48 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 		t.Errorf("reversed range: %d %s", code, body)
 	}
 
+	// Stalwart 0.15's history routes over a session with a queue id.
+	session := `[{"type":"smtp.connection-start","data":{"spanId":"e2e-span","remoteIp":"192.0.2.44"}},
+		{"type":"smtp.rcpt-to","data":{"spanId":"e2e-span","to":["zoe@example.org"]}},
+		{"type":"queue.message-queued","data":{"spanId":"e2e-span","queueId":"e2e-q1","from":"x@example.com","to":["zoe@example.org"]}}]`
+	req, _ = http.NewRequest(http.MethodPost, url, strings.NewReader(session))
+	req.Header.Set("Authorization", "Bearer "+r.IngestKey)
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 202 {
+		t.Fatalf("ingest session: %v %v", resp.StatusCode, err)
+	}
+	stalwart := func(path string) (int, string) {
+		req, _ := http.NewRequest(http.MethodGet, "http://"+r.HTTPAddr.String()+path, nil)
+		req.Header.Set("Authorization", "Bearer "+r.AdminKey)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	deadline1 := time.Now().Add(20 * time.Second)
+	for {
+		code, body := stalwart("/api/telemetry/traces?queue_id=e2e-q1")
+		if code == 200 && body == `{"data":{"items":["e2e-span"],"total":1}}` {
+			break
+		}
+		if time.Now().After(deadline1) {
+			t.Fatalf("/api/telemetry/traces?queue_id=…: %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if code, body := stalwart("/api/telemetry/traces?filter=zoe@example.org&type=smtp.connection-start&values=1"); code != 200 ||
+		!strings.Contains(body, `"type":"queue.message-queued"`) || !strings.Contains(body, `"text":"Message queued for delivery"`) || !strings.Contains(body, `"total":1`) {
+		t.Errorf("traces with values: %d %s", code, body)
+	}
+	if code, body := stalwart("/api/telemetry/trace/e2e-span"); code != 200 || strings.Count(body, `"type":`) != 3 {
+		t.Errorf("trace: %d %s", code, body)
+	}
+	if code, _ := stalwart("/api/telemetry/traces?page=0"); code != 400 {
+		t.Errorf("page=0: %d, want 400", code)
+	}
+
 	// Another process joins the embedded server over TCP with the printed credentials and
 	// sees the simulator's events accumulate.
 	nc, err := nats.Connect(r.NATSURL, nats.UserInfo(r.NATSUser, r.NATSPass))

@@ -321,7 +321,37 @@ func (s *Service) subscribe(ctx context.Context) ([]*nats.Subscription, error) {
 		_ = qs.Unsubscribe()
 		return nil, fmt.Errorf("subscribe %s: %w", history.SubjectSpan, err)
 	}
-	return []*nats.Subscription{qs, ss}, nil
+	sl, err := s.nc.QueueSubscribe(history.SubjectSpans, history.QueueGroup, func(m *nats.Msg) { s.answerSpans(ctx, m) })
+	if err != nil {
+		_ = qs.Unsubscribe()
+		_ = ss.Unsubscribe()
+		return nil, fmt.Errorf("subscribe %s: %w", history.SubjectSpans, err)
+	}
+	return []*nats.Subscription{qs, ss, sl}, nil
+}
+
+func (s *Service) answerSpans(ctx context.Context, m *nats.Msg) {
+	start := time.Now()
+	var req history.SpansRequest
+	var reply history.SpansReply
+	if err := json.Unmarshal(m.Data, &req); err != nil {
+		reply.Error = "request: " + err.Error()
+	} else {
+		if req.Limit <= 0 || req.Limit > history.MaxLimit {
+			req.Limit = history.DefaultLimit
+		}
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		spans, total, err := s.st.Spans(qctx, store.SpanQuery{From: req.From, To: req.To, Kind: req.Kind, QueueID: req.QueueID, Terms: req.Terms, Offset: req.Offset, Limit: req.Limit})
+		cancel()
+		if err != nil {
+			reply.Error = err.Error()
+		} else {
+			reply = history.SpansReply{Spans: spans, Total: total}
+		}
+	}
+	b, _ := json.Marshal(reply)
+	_ = m.Respond(b)
+	s.metrics.querySeconds.WithLabelValues("spans").Observe(time.Since(start).Seconds())
 }
 
 func (s *Service) answerQuery(ctx context.Context, m *nats.Msg) {

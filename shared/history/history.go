@@ -22,6 +22,7 @@ import (
 const (
 	SubjectQuery = "history.query"
 	SubjectSpan  = "history.span"
+	SubjectSpans = "history.spans"
 	QueueGroup   = "archiver"
 )
 
@@ -102,6 +103,25 @@ type SpanReply struct {
 	Span   *Span    `json:"span,omitempty"`
 	Events []Stored `json:"events,omitempty"`
 	Error  string   `json:"error,omitempty"`
+}
+
+// SpansRequest searches sessions (SubjectSpans): started in [From, To], of a kind (the
+// start event's type), holding a queue id, matching keywords; newest first.
+type SpansRequest struct {
+	From    time.Time `json:"from"`
+	To      time.Time `json:"to"`
+	Kind    string    `json:"kind,omitempty"`
+	QueueID string    `json:"queueId,omitempty"`
+	Terms   []string  `json:"terms,omitempty"`
+	Offset  int       `json:"offset,omitempty"`
+	Limit   int       `json:"limit"`
+}
+
+// SpansReply answers SubjectSpans.
+type SpansReply struct {
+	Spans []Span `json:"spans"`
+	Total int    `json:"total"`
+	Error string `json:"error,omitempty"`
 }
 
 // QueryReply answers SubjectQuery.

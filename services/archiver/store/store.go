@@ -33,11 +33,48 @@ type Store interface {
 	Query(ctx context.Context, q history.Query) (history.Page, error)
 	// Span returns a session and its events in order; ErrNotFound if unknown.
 	Span(ctx context.Context, id string) (history.Span, []history.Stored, error)
+	// Spans searches session summaries, newest first, and returns a page and the total.
+	Spans(ctx context.Context, q SpanQuery) ([]history.Span, int, error)
 	// Stats reports the size of the store.
 	Stats(ctx context.Context) (Stats, error)
 	// DropBefore removes whole partitions that end before t and returns how many.
 	DropBefore(ctx context.Context, t time.Time) (int, error)
 	Close() error
+}
+
+// SpanQuery searches sessions: those that started in [From, To], of a kind (the start
+// event's type; empty: any), holding a queue id, and whose sender, recipients or remote IP
+// match every term (whole value or address domain, case-insensitive).
+type SpanQuery struct {
+	From, To time.Time
+	Kind     string
+	QueueID  string
+	Terms    []string
+	Offset   int
+	Limit    int
+}
+
+// SpanMatches verifies a span against the query's queue id and terms, the parts an index
+// only narrows.
+func SpanMatches(sp *history.Span, q *SpanQuery) bool {
+	if q.QueueID != "" && !contains(sp.QueueIDs, q.QueueID) {
+		return false
+	}
+	for _, t := range q.Terms {
+		vals := append([]string{sp.From, sp.RemoteIP}, sp.To...)
+		found := false
+		for _, v := range vals {
+			v = strings.ToLower(v)
+			if v == t || (strings.LastIndexByte(v, '@') >= 0 && v[strings.LastIndexByte(v, '@')+1:] == t) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }
 
 // Stats describes a store's size.

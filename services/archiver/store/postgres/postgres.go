@@ -55,6 +55,7 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 			remote_ip TEXT, queue_ids TEXT[] NOT NULL DEFAULT '{}', from_addr TEXT, to_addrs TEXT[] NOT NULL DEFAULT '{}',
 			outcome TEXT, events INT NOT NULL DEFAULT 0, day INT NOT NULL);
 		CREATE INDEX IF NOT EXISTS spans_day ON spans (day);
+		CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ts);
 		SELECT pg_advisory_unlock(7215384719);`)
 	if err != nil {
 		pool.Close()
@@ -459,6 +460,60 @@ func (s *Store) Span(ctx context.Context, id string) (history.Span, []history.St
 		out = append(out, history.NewStored(uint64(seq), e.AppendJSON(nil)))
 	}
 	return sp, out, rows.Err()
+}
+
+// Spans implements store.Store.
+func (s *Store) Spans(ctx context.Context, q store.SpanQuery) ([]history.Span, int, error) {
+	where := []string{"start_ts BETWEEN $1 AND $2"}
+	args := []any{q.From.UnixNano(), q.To.UnixNano()}
+	if q.Kind != "" {
+		args = append(args, q.Kind)
+		where = append(where, "kind = $"+strconv.Itoa(len(args)))
+	}
+	if q.QueueID != "" {
+		args = append(args, []string{q.QueueID})
+		where = append(where, "queue_ids @> $"+strconv.Itoa(len(args)))
+	}
+	rows, err := s.pool.Query(ctx, `SELECT span, src, kind, start_ts, end_ts, duration, remote_ip, queue_ids, from_addr, to_addrs, outcome, events
+		FROM spans WHERE `+strings.Join(where, " AND ")+` ORDER BY start_ts DESC, span DESC`, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	str := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return *p
+	}
+	out := []history.Span{}
+	total := 0
+	for rows.Next() {
+		var (
+			id                               string
+			src, kind, remote, from, outcome *string
+			startTS, duration                int64
+			endTS                            *int64
+			queues, to                       []string
+			events                           int
+		)
+		if err := rows.Scan(&id, &src, &kind, &startTS, &endTS, &duration, &remote, &queues, &from, &to, &outcome, &events); err != nil {
+			return nil, 0, err
+		}
+		sp := history.Span{ID: id, Source: str(src), Kind: str(kind), Start: time.Unix(0, startTS).UTC(), Duration: duration,
+			RemoteIP: str(remote), QueueIDs: queues, From: str(from), To: to, Outcome: str(outcome), Events: events}
+		if endTS != nil {
+			sp.End = time.Unix(0, *endTS).UTC()
+		}
+		if !store.SpanMatches(&sp, &q) {
+			continue
+		}
+		if total >= q.Offset && len(out) < q.Limit {
+			out = append(out, sp)
+		}
+		total++
+	}
+	return out, total, rows.Err()
 }
 
 // Stats implements store.Store.

@@ -63,6 +63,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 			span TEXT PRIMARY KEY, src INTEGER, kind INTEGER, start_ts INTEGER, end_ts INTEGER, duration INTEGER,
 			remote_ip TEXT, queue_ids TEXT, from_addr TEXT, to_addrs TEXT, outcome INTEGER, events INTEGER, day INTEGER)`,
 		`CREATE INDEX IF NOT EXISTS spans_day ON spans(day)`,
+		`CREATE INDEX IF NOT EXISTS spans_start ON spans(start_ts)`,
 	} {
 		if _, err := w.ExecContext(ctx, q); err != nil {
 			w.Close()
@@ -782,6 +783,64 @@ func (s *Store) Span(ctx context.Context, id string) (history.Span, []history.St
 		rows.Close()
 	}
 	return sp, out, nil
+}
+
+// Spans implements store.Store. Kind and time are in SQL; the queue id and terms are
+// verified on each candidate summary.
+func (s *Store) Spans(ctx context.Context, q store.SpanQuery) ([]history.Span, int, error) {
+	where := []string{"start_ts BETWEEN ? AND ?"}
+	args := []any{q.From.UnixNano(), q.To.UnixNano()}
+	if q.Kind != "" {
+		s.cmu.RLock()
+		id, ok := s.dict["t:"+q.Kind]
+		s.cmu.RUnlock()
+		if !ok {
+			return []history.Span{}, 0, nil
+		}
+		where, args = append(where, "kind = ?"), append(args, id)
+	}
+	if q.QueueID != "" {
+		where, args = append(where, `queue_ids LIKE ? ESCAPE '\'`), append(args, "%"+likeEscape(strconvQuote(q.QueueID))+"%")
+	}
+	rows, err := s.r.QueryContext(ctx, `SELECT span, src, kind, start_ts, end_ts, duration, remote_ip, queue_ids, from_addr, to_addrs, outcome, events
+		FROM spans WHERE `+strings.Join(where, " AND ")+` ORDER BY start_ts DESC, span DESC`, args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	out := []history.Span{}
+	total := 0
+	for rows.Next() {
+		var (
+			id                                                string
+			src, kind, outcome, startTS, endTS, duration, evs sql.NullInt64
+			remote, queues, from, to                          sql.NullString
+		)
+		if err := rows.Scan(&id, &src, &kind, &startTS, &endTS, &duration, &remote, &queues, &from, &to, &outcome, &evs); err != nil {
+			return nil, 0, err
+		}
+		sp := history.Span{ID: id, Source: s.name(src.Int64), Kind: s.name(kind.Int64), Start: time.Unix(0, startTS.Int64).UTC(),
+			Duration: duration.Int64, RemoteIP: remote.String, From: from.String, Outcome: s.name(outcome.Int64), Events: int(evs.Int64)}
+		if endTS.Valid {
+			sp.End = time.Unix(0, endTS.Int64).UTC()
+		}
+		_ = json.Unmarshal([]byte(queues.String), &sp.QueueIDs)
+		_ = json.Unmarshal([]byte(to.String), &sp.To)
+		if !store.SpanMatches(&sp, &q) {
+			continue
+		}
+		if total >= q.Offset && len(out) < q.Limit {
+			out = append(out, sp)
+		}
+		total++
+	}
+	return out, total, rows.Err()
+}
+
+func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }
+
+func likeEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(s)
 }
 
 // Stats implements store.Store.

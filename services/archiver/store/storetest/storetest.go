@@ -223,6 +223,36 @@ func testSpans(t *testing.T, s store.Store) {
 	if _, _, err := s.Span(t.Context(), "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("unknown span: %v, want ErrNotFound", err)
 	}
+
+	// Searching sessions: by kind, queue id and keywords, newest first, paged, with a total.
+	all := store.SpanQuery{From: base.Add(-time.Hour), To: base.Add(time.Hour), Limit: 10}
+	cases := []struct {
+		name string
+		q    func(store.SpanQuery) store.SpanQuery
+		want []string
+	}{
+		{"all", func(q store.SpanQuery) store.SpanQuery { return q }, []string{"d1", "s1"}},
+		{"kind", func(q store.SpanQuery) store.SpanQuery { q.Kind = "smtp.connection-start"; return q }, []string{"s1"}},
+		{"queue id", func(q store.SpanQuery) store.SpanQuery { q.QueueID = "q42"; return q }, []string{"d1", "s1"}},
+		{"unknown queue id", func(q store.SpanQuery) store.SpanQuery { q.QueueID = "q4"; return q }, nil},
+		{"keyword: recipient domain", func(q store.SpanQuery) store.SpanQuery { q.Terms = []string{"example.net"}; return q }, []string{"s1"}},
+		{"keyword: remote IP", func(q store.SpanQuery) store.SpanQuery { q.Terms = []string{"203.0.113.7"}; return q }, []string{"s1"}},
+		{"page 2", func(q store.SpanQuery) store.SpanQuery { q.Offset, q.Limit = 1, 1; return q }, []string{"s1"}},
+		{"time window", func(q store.SpanQuery) store.SpanQuery { q.From = base.Add(5 * time.Second); return q }, []string{"d1"}},
+	}
+	for _, tc := range cases {
+		spans, total, err := s.Spans(t.Context(), tc.q(all))
+		var got []string
+		for _, sp := range spans {
+			got = append(got, sp.ID)
+		}
+		if err != nil || !eq(got, tc.want) {
+			t.Errorf("Spans %s = %v, %v; want %v", tc.name, got, err, tc.want)
+		}
+		if tc.name == "page 2" && total != 2 {
+			t.Errorf("Spans page 2: total %d, want 2", total)
+		}
+	}
 }
 
 func testRetention(t *testing.T, s store.Store) {
