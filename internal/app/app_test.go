@@ -144,7 +144,8 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 
 	// Another process joins the embedded server over TCP with the printed credentials and
 	// sees the simulator's events accumulate.
-	nc, err := nats.Connect(r.NATSURL, nats.UserInfo(r.NATSUser, r.NATSPass))
+	// The server checks a bcrypt hash: slow under the race detector, hence the timeout.
+	nc, err := nats.Connect(r.NATSURL, nats.UserInfo(r.NATSUser, r.NATSPass), nats.Timeout(20*time.Second))
 	if err != nil {
 		t.Fatalf("connect with the printed credentials: %v", err)
 	}
@@ -181,7 +182,7 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 	if err != nil || resp.StatusCode != 202 {
 		t.Fatalf("ingest with the first start's key = %v %v", resp.StatusCode, err)
 	}
-	nc, err = nats.Connect(r2.NATSURL, nats.UserInfo(r.NATSUser, r.NATSPass))
+	nc, err = nats.Connect(r2.NATSURL, nats.UserInfo(r.NATSUser, r.NATSPass), nats.Timeout(20*time.Second))
 	if err != nil {
 		t.Fatalf("the first start's NATS password no longer works: %v", err)
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/history"
+	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
 // Record is one event to store: its sequence in the log (the idempotency key: a redelivered
@@ -35,11 +36,24 @@ type Store interface {
 	Span(ctx context.Context, id string) (history.Span, []history.Stored, error)
 	// Spans searches session summaries, newest first, and returns a page and the total.
 	Spans(ctx context.Context, q SpanQuery) ([]history.Span, int, error)
+	// WriteSnapshots stores metric snapshots; one already stored (same Seq) is skipped.
+	WriteSnapshots(ctx context.Context, snaps []SnapshotRecord) error
+	// Snapshots returns the snapshots taken in [from, to] (of one source, when not empty),
+	// oldest first, at most limit.
+	Snapshots(ctx context.Context, from, to time.Time, source string, limit int) ([]metric.Snapshot, error)
+	// DropSnapshotsBefore removes the snapshots taken before t.
+	DropSnapshotsBefore(ctx context.Context, t time.Time) (int64, error)
 	// Stats reports the size of the store.
 	Stats(ctx context.Context) (Stats, error)
 	// DropBefore removes whole partitions that end before t and returns how many.
 	DropBefore(ctx context.Context, t time.Time) (int, error)
 	Close() error
+}
+
+// SnapshotRecord is a metric snapshot and its sequence in the METRICS log.
+type SnapshotRecord struct {
+	Seq      uint64
+	Snapshot metric.Snapshot
 }
 
 // SpanQuery searches sessions: those that started in [From, To], of a kind (the start

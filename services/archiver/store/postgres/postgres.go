@@ -21,6 +21,7 @@ import (
 	"github.com/mailpulse/mailpulse/services/archiver/store"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/history"
+	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
 // Store is the PostgreSQL store.
@@ -56,6 +57,8 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 			outcome TEXT, events INT NOT NULL DEFAULT 0, day INT NOT NULL);
 		CREATE INDEX IF NOT EXISTS spans_day ON spans (day);
 		CREATE INDEX IF NOT EXISTS spans_start ON spans (start_ts);
+		CREATE TABLE IF NOT EXISTS snapshots (seq BIGINT PRIMARY KEY, ts BIGINT NOT NULL, source TEXT NOT NULL, body BYTEA NOT NULL);
+		CREATE INDEX IF NOT EXISTS snapshots_ts ON snapshots (ts);
 		SELECT pg_advisory_unlock(7215384719);`)
 	if err != nil {
 		pool.Close()
@@ -514,6 +517,55 @@ func (s *Store) Spans(ctx context.Context, q store.SpanQuery) ([]history.Span, i
 		total++
 	}
 	return out, total, rows.Err()
+}
+
+// WriteSnapshots implements store.Store.
+func (s *Store) WriteSnapshots(ctx context.Context, snaps []store.SnapshotRecord) error {
+	if len(snaps) == 0 {
+		return nil
+	}
+	seqs, tss, srcs, bodies := make([]int64, len(snaps)), make([]int64, len(snaps)), make([]string, len(snaps)), make([][]byte, len(snaps))
+	for i, r := range snaps {
+		b, err := r.Snapshot.Marshal()
+		if err != nil {
+			return err
+		}
+		seqs[i], tss[i], srcs[i], bodies[i] = int64(r.Seq), r.Snapshot.Time.UnixNano(), r.Snapshot.Source, b
+	}
+	_, err := s.pool.Exec(ctx, `INSERT INTO snapshots (seq, ts, source, body) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bytea[]) ON CONFLICT DO NOTHING`, seqs, tss, srcs, bodies)
+	return err
+}
+
+// Snapshots implements store.Store.
+func (s *Store) Snapshots(ctx context.Context, from, to time.Time, source string, limit int) ([]metric.Snapshot, error) {
+	q := `SELECT body FROM snapshots WHERE ts BETWEEN $1 AND $2`
+	args := []any{from.UnixNano(), to.UnixNano()}
+	if source != "" {
+		q, args = q+` AND source = $3`, append(args, source)
+	}
+	args = append(args, limit)
+	rows, err := s.pool.Query(ctx, q+` ORDER BY ts, seq LIMIT $`+strconv.Itoa(len(args)), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []metric.Snapshot
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		if snap, err := metric.Unmarshal(b); err == nil {
+			out = append(out, snap)
+		}
+	}
+	return out, rows.Err()
+}
+
+// DropSnapshotsBefore implements store.Store.
+func (s *Store) DropSnapshotsBefore(ctx context.Context, t time.Time) (int64, error) {
+	tag, err := s.pool.Exec(ctx, `DELETE FROM snapshots WHERE ts < $1`, t.UnixNano())
+	return tag.RowsAffected(), err
 }
 
 // Stats implements store.Store.

@@ -23,6 +23,7 @@ import (
 	"github.com/mailpulse/mailpulse/services/archiver/store"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/history"
+	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
 // Store is the SQLite store.
@@ -64,6 +65,9 @@ func Open(ctx context.Context, path string) (*Store, error) {
 			remote_ip TEXT, queue_ids TEXT, from_addr TEXT, to_addrs TEXT, outcome INTEGER, events INTEGER, day INTEGER)`,
 		`CREATE INDEX IF NOT EXISTS spans_day ON spans(day)`,
 		`CREATE INDEX IF NOT EXISTS spans_start ON spans(start_ts)`,
+		// Metric snapshots: one per source every few seconds, small; retention deletes rows.
+		`CREATE TABLE IF NOT EXISTS snapshots(seq INTEGER PRIMARY KEY, ts INTEGER NOT NULL, source TEXT NOT NULL, body BLOB NOT NULL)`,
+		`CREATE INDEX IF NOT EXISTS snapshots_ts ON snapshots(ts)`,
 	} {
 		if _, err := w.ExecContext(ctx, q); err != nil {
 			w.Close()
@@ -841,6 +845,73 @@ func strconvQuote(s string) string { b, _ := json.Marshal(s); return string(b) }
 
 func likeEscape(s string) string {
 	return strings.NewReplacer(`\`, `\\`, "%", `\%`, "_", `\_`).Replace(s)
+}
+
+// WriteSnapshots implements store.Store.
+func (s *Store) WriteSnapshots(ctx context.Context, snaps []store.SnapshotRecord) error {
+	if len(snaps) == 0 {
+		return nil
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	tx, err := s.w.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	st, err := tx.PrepareContext(ctx, `INSERT OR IGNORE INTO snapshots(seq, ts, source, body) VALUES(?,?,?,?)`)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	for _, r := range snaps {
+		b, err := r.Snapshot.Marshal()
+		if err != nil {
+			return err
+		}
+		if _, err := st.ExecContext(ctx, int64(r.Seq), r.Snapshot.Time.UnixNano(), r.Snapshot.Source, b); err != nil {
+			return fmt.Errorf("store snapshot %d: %w", r.Seq, err)
+		}
+	}
+	return tx.Commit()
+}
+
+// Snapshots implements store.Store.
+func (s *Store) Snapshots(ctx context.Context, from, to time.Time, source string, limit int) ([]metric.Snapshot, error) {
+	q := `SELECT body FROM snapshots WHERE ts BETWEEN ? AND ?`
+	args := []any{from.UnixNano(), to.UnixNano()}
+	if source != "" {
+		q, args = q+` AND source = ?`, append(args, source)
+	}
+	rows, err := s.r.QueryContext(ctx, q+` ORDER BY ts, seq LIMIT ?`, append(args, limit)...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []metric.Snapshot
+	for rows.Next() {
+		var b []byte
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		snap, err := metric.Unmarshal(b)
+		if err != nil {
+			continue
+		}
+		out = append(out, snap)
+	}
+	return out, rows.Err()
+}
+
+// DropSnapshotsBefore implements store.Store.
+func (s *Store) DropSnapshotsBefore(ctx context.Context, t time.Time) (int64, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	res, err := s.w.ExecContext(ctx, `DELETE FROM snapshots WHERE ts < ?`, t.UnixNano())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // Stats implements store.Store.

@@ -12,6 +12,7 @@ import (
 	"github.com/mailpulse/mailpulse/services/archiver/store"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/history"
+	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
 // Run runs the contract against stores made by open (each test gets a fresh one).
@@ -21,6 +22,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("WritesAreIdempotent", func(t *testing.T) { testIdempotent(t, open(t)) })
 	t.Run("Spans", func(t *testing.T) { testSpans(t, open(t)) })
 	t.Run("Retention", func(t *testing.T) { testRetention(t, open(t)) })
+	t.Run("Snapshots", func(t *testing.T) { testSnapshots(t, open(t)) })
 }
 
 var base = time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
@@ -279,5 +281,36 @@ func testRetention(t *testing.T, s store.Store) {
 	// Writing into a dropped day again works (a rebuild from the log).
 	if err := s.Write(t.Context(), recs[4:]); err != nil {
 		t.Errorf("write into a dropped day: %v", err)
+	}
+}
+
+func testSnapshots(t *testing.T, s store.Store) {
+	defer s.Close()
+	var recs []store.SnapshotRecord
+	for i := range 6 {
+		src := "mx1"
+		if i%2 == 1 {
+			src = "mx2"
+		}
+		recs = append(recs, store.SnapshotRecord{Seq: uint64(i + 1), Snapshot: metric.Snapshot{Source: src, Origin: metric.OriginEvents, Instance: "p",
+			Time: base.Add(time.Duration(i) * time.Minute), Start: base, Counters: map[string]uint64{"auth.failed": uint64(10 * i)}}})
+	}
+	for range 2 { // idempotent
+		if err := s.WriteSnapshots(t.Context(), recs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	all, err := s.Snapshots(t.Context(), base, base.Add(time.Hour), "", 100)
+	if err != nil || len(all) != 6 || all[0].Counters["auth.failed"] != 0 || all[5].Counters["auth.failed"] != 50 {
+		t.Fatalf("Snapshots = %d, %v", len(all), err)
+	}
+	mx1, _ := s.Snapshots(t.Context(), base, base.Add(time.Hour), "mx1", 100)
+	window, _ := s.Snapshots(t.Context(), base.Add(2*time.Minute), base.Add(3*time.Minute), "", 100)
+	if len(mx1) != 3 || len(window) != 2 {
+		t.Errorf("by source %d (want 3), by window %d (want 2)", len(mx1), len(window))
+	}
+	n, err := s.DropSnapshotsBefore(t.Context(), base.Add(4*time.Minute))
+	if err != nil || n != 4 {
+		t.Errorf("DropSnapshotsBefore = %d, %v; want 4", n, err)
 	}
 }
