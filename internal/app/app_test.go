@@ -54,7 +54,7 @@ func runAll(t *testing.T, dataDir string, env []string) (app.Ready, func()) {
 
 func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 	dir := t.TempDir()
-	r, stop := runAll(t, dir, []string{"MAILPULSE_SIMULATE=200"})
+	r, stop := runAll(t, dir, []string{"MAILPULSE_SIMULATE=200", "MAILPULSE_METRICS_INTERVAL=1s"})
 	if r.AdminKey == "" || r.IngestKey == "" || r.NATSPass == "" {
 		t.Fatalf("first start generated no keys or NATS password: %+v", r)
 	}
@@ -140,6 +140,25 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 	}
 	if code, _ := stalwart("/api/telemetry/traces?page=0"); code != 400 {
 		t.Errorf("page=0: %d, want 400", code)
+	}
+
+	// Metric history: the producer's snapshots (every second here) reach the archiver.
+	deadline2 := time.Now().Add(30 * time.Second)
+	for {
+		code, body := stalwart("/api/v1/metrics/history?metrics=smtp.*&step=10s&from=" + time.Now().Add(-5*time.Minute).UTC().Format(time.RFC3339))
+		if code == 200 && strings.Contains(body, `"metric":"smtp.connection-start","kind":"counter"`) {
+			break
+		}
+		if time.Now().After(deadline2) {
+			t.Fatalf("metric history: %d %s", code, body)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if code, body := stalwart("/api/telemetry/metrics?after=" + time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)); code != 200 || !strings.Contains(body, `"type":"counter","value"`) && !strings.Contains(body, `"type":"counter"`) {
+		t.Errorf("Stalwart metrics history: %d %.300s", code, body)
+	}
+	if code, _ := stalwart("/api/v1/metrics/history?step=1ms"); code != 400 {
+		t.Errorf("bad step: %d, want 400", code)
 	}
 
 	// Another process joins the embedded server over TCP with the printed credentials and

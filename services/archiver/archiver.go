@@ -32,11 +32,12 @@ type Config struct {
 	MaxWait   time.Duration // longest an event waits for its batch to fill (250 ms)
 	// Keep decides what is stored: a minimum level and type patterns to include (none: all)
 	// and exclude. Events not kept are acknowledged without being stored.
-	MinLevel  event.Level
-	Include   []string
-	Exclude   []string
-	Retention time.Duration // events older than this are dropped, by whole days (30 days)
-	Grace     time.Duration // bound of a graceful stop (15 s)
+	MinLevel         event.Level
+	Include          []string
+	Exclude          []string
+	Retention        time.Duration // events older than this are dropped, by whole days (30 days)
+	MetricsRetention time.Duration // metric snapshots older than this are dropped (90 days)
+	Grace            time.Duration // bound of a graceful stop (15 s)
 }
 
 func (c *Config) setDefaults() {
@@ -51,6 +52,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Retention == 0 {
 		c.Retention = 30 * 24 * time.Hour
+	}
+	if c.MetricsRetention == 0 {
+		c.MetricsRetention = 90 * 24 * time.Hour
 	}
 	if c.Grace == 0 {
 		c.Grace = 15 * time.Second
@@ -131,6 +135,7 @@ func (s *Service) Run(ctx context.Context) error {
 	}()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
+	g.Go(func() error { return s.consumeMetrics(gctx) })
 	g.Go(func() error { return s.retention(gctx) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -327,7 +332,14 @@ func (s *Service) subscribe(ctx context.Context) ([]*nats.Subscription, error) {
 		_ = ss.Unsubscribe()
 		return nil, fmt.Errorf("subscribe %s: %w", history.SubjectSpans, err)
 	}
-	return []*nats.Subscription{qs, ss, sl}, nil
+	sm, err := s.nc.QueueSubscribe(history.SubjectMetrics, history.QueueGroup, func(m *nats.Msg) { s.answerMetrics(ctx, m) })
+	if err != nil {
+		for _, sub := range []*nats.Subscription{qs, ss, sl} {
+			_ = sub.Unsubscribe()
+		}
+		return nil, fmt.Errorf("subscribe %s: %w", history.SubjectMetrics, err)
+	}
+	return []*nats.Subscription{qs, ss, sl, sm}, nil
 }
 
 func (s *Service) answerSpans(ctx context.Context, m *nats.Msg) {
@@ -407,6 +419,11 @@ func (s *Service) retention(ctx context.Context) error {
 			s.log.Warn("retention failed", "err", err)
 		} else if n > 0 {
 			s.log.Info("retention dropped old partitions", "partitions", n)
+		}
+		if m, err := s.st.DropSnapshotsBefore(ctx, time.Now().Add(-s.cfg.MetricsRetention)); err != nil && ctx.Err() == nil {
+			s.log.Warn("metric retention failed", "err", err)
+		} else if m > 0 {
+			s.log.Info("retention dropped old metric snapshots", "snapshots", m)
 		}
 		select {
 		case <-ctx.Done():

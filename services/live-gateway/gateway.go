@@ -238,6 +238,8 @@ func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
 	app.Get("/api/v1/spans/:id", s.authKey(apikey.Viewer), s.span)
 	app.Get("/api/v1/replay", s.authKey(apikey.Viewer), s.replayRange)
 	app.Get("/api/telemetry/traces", s.authKey(apikey.Viewer), s.traces)
+	app.Get("/api/telemetry/metrics", s.authKey(apikey.Viewer), s.stalwartMetrics)
+	app.Get("/api/v1/metrics/history", s.authKey(apikey.Viewer), s.metricsHistory)
 	app.Get("/api/telemetry/trace/:id?", s.authKey(apikey.Viewer), s.trace)
 
 	// Live event streams.

@@ -20,10 +20,11 @@ import (
 
 // Subjects of the request-reply API; archivers answer in a queue group.
 const (
-	SubjectQuery = "history.query"
-	SubjectSpan  = "history.span"
-	SubjectSpans = "history.spans"
-	QueueGroup   = "archiver"
+	SubjectQuery   = "history.query"
+	SubjectSpan    = "history.span"
+	SubjectSpans   = "history.spans"
+	SubjectMetrics = "history.metrics"
+	QueueGroup     = "archiver"
 )
 
 // Limits on one query.
@@ -122,6 +123,49 @@ type SpansReply struct {
 	Spans []Span `json:"spans"`
 	Total int    `json:"total"`
 	Error string `json:"error,omitempty"`
+}
+
+// MetricsRequest asks for metric series (SubjectMetrics): the metrics matching Metrics
+// (ids, each with at most one *; none: all) between From and To in steps of Step, of one
+// source or summed over all.
+type MetricsRequest struct {
+	From    time.Time     `json:"from"`
+	To      time.Time     `json:"to"`
+	Step    time.Duration `json:"step"`
+	Source  string        `json:"source,omitempty"`
+	Metrics []string      `json:"metrics,omitempty"`
+}
+
+// Series is one metric over time. Counters carry their cumulative value, the delta over the
+// step and the rate per second; gauges their value; histograms their count and sum.
+type Series struct {
+	Metric string  `json:"metric"`
+	Kind   string  `json:"kind"` // counter, gauge, histogram
+	Points []Point `json:"points"`
+}
+
+// Point is a series value at the end of a step.
+type Point struct {
+	Time  time.Time `json:"t"`
+	Value float64   `json:"value"`
+	Delta float64   `json:"delta,omitempty"`
+	Rate  float64   `json:"rate,omitempty"`
+	Count uint64    `json:"count,omitempty"`
+	Sum   float64   `json:"sum,omitempty"`
+}
+
+// MetricsReply answers SubjectMetrics.
+type MetricsReply struct {
+	Series []Series `json:"series"`
+	Error  string   `json:"error,omitempty"`
+}
+
+// MatchMetric reports whether a metric id matches a pattern with at most one *.
+func MatchMetric(pattern, id string) bool {
+	if pre, suf, ok := strings.Cut(pattern, "*"); ok {
+		return len(id) >= len(pre)+len(suf) && strings.HasPrefix(id, pre) && strings.HasSuffix(id, suf)
+	}
+	return pattern == id
 }
 
 // QueryReply answers SubjectQuery.
