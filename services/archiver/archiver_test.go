@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailpulse/mailpulse/services/archiver"
 	"github.com/mailpulse/mailpulse/services/archiver/store/postgres"
@@ -261,4 +263,91 @@ func TestTwoArchiversShareOnePostgreSQL(t *testing.T) {
 	if err != nil || sp.Events != 3000 || len(evs) != 3000 {
 		t.Errorf("span summary counts %d events (%d rows), %v; want 3000", sp.Events, len(evs), err)
 	}
+}
+
+func storeErrors(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "mailpulse_archiver_store_errors_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+func TestDatabaseUnavailableForAWhile(t *testing.T) {
+	h := newHarness(t)
+	pg := pgtest.Start(t)
+	st, err := postgres.Open(t.Context(), pgtest.Database(t, pg.DSN))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	a, err := archiver.New(archiver.Config{BatchSize: 100}, archiver.Deps{Conn: h.nc, Store: st, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; st.Close() })
+	count := func() int64 {
+		s, err := st.Stats(t.Context())
+		if err != nil {
+			return -1
+		}
+		return s.Events
+	}
+	h.publish(500, "smtp.ehlo", `{}`, 0)
+	eventually(t, "500 stored", func() bool { return count() == 500 })
+
+	pg.Stop() // the database goes away
+	h.publish(1000, "smtp.ehlo", `{}`, 500)
+	eventually(t, "the archiver to report failed writes", func() bool { return storeErrors(t, reg) > 0 })
+	// Nothing was acknowledged: the log still holds the events for the archiver.
+	cons, _ := h.pub.JetStream().Consumer(t.Context(), bus.StreamEvents, "archiver")
+	if info, err := cons.Info(t.Context()); err != nil || info.AckFloor.Stream > 500 {
+		t.Errorf("acknowledged past what was stored while the database was down: %+v, %v", info.AckFloor, err)
+	}
+
+	pg.Start() // it comes back: the archiver catches up by itself
+	eventually(t, "all 1500 stored after the outage", func() bool { return count() == 1500 })
+}
+
+func TestFullStoreSurfacesAndRecovers(t *testing.T) {
+	h := newHarness(t)
+	st, err := sqlite.Open(t.Context(), h.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	a, err := archiver.New(archiver.Config{BatchSize: 200}, archiver.Deps{Conn: h.nc, Store: st, Registry: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done; st.Close() })
+	if err := st.SetMaxBytes(t.Context(), 400<<10); err != nil { // the disk fills up at 400 KiB
+		t.Fatal(err)
+	}
+	big := `{"details":"` + strings.Repeat("x", 900) + `"}`
+	h.publish(3000, "smtp.ehlo", big, 0)
+	eventually(t, "the full store to surface as errors", func() bool { return storeErrors(t, reg) > 0 })
+	s, _ := st.Stats(t.Context())
+	if s.Events >= 3000 {
+		t.Fatalf("stored %d events in a full store", s.Events)
+	}
+	if err := st.SetMaxBytes(t.Context(), 0); err != nil { // room again
+		t.Fatal(err)
+	}
+	eventually(t, "all 3000 stored once there is room", func() bool {
+		s, err := st.Stats(t.Context())
+		return err == nil && s.Events == 3000
+	})
 }

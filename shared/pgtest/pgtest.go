@@ -64,6 +64,39 @@ func Server(t *testing.T) string {
 	if dsn := os.Getenv("MAILPULSE_TEST_POSTGRES"); dsn != "" {
 		return dsn
 	}
+	return Start(t).DSN
+}
+
+// Instance is a private server that a test can stop and start again, to test what happens
+// while the database is unavailable.
+type Instance struct {
+	DSN  string
+	t    *testing.T
+	run  func(name string, args ...string) *exec.Cmd
+	data string
+	opts string
+	dir  string
+}
+
+// Stop stops the server (fast shutdown: open connections are cut).
+func (p *Instance) Stop() {
+	p.t.Helper()
+	if out, err := p.run("pg_ctl", "-D", p.data, "-m", "fast", "-w", "stop").CombinedOutput(); err != nil {
+		p.t.Fatalf("pg_ctl stop: %v\n%s", err, out)
+	}
+}
+
+// Start starts a stopped server again, on the same data.
+func (p *Instance) Start() {
+	p.t.Helper()
+	if out, err := p.run("pg_ctl", "-D", p.data, "-o", p.opts, "-l", filepath.Join(p.dir, "log"), "-w", "-t", "60", "start").CombinedOutput(); err != nil {
+		p.t.Fatalf("pg_ctl start: %v\n%s", err, out)
+	}
+}
+
+// Start starts a private server for the test, stopped when the test ends.
+func Start(t *testing.T) *Instance {
+	t.Helper()
 	bin, msg := binaries()
 	if bin == "" {
 		t.Fatal(msg)
@@ -104,11 +137,10 @@ func Server(t *testing.T) string {
 		t.Fatalf("pg_ctl start: %v\n%s\n%s", err, out, log)
 	}
 	t.Cleanup(func() {
-		if out, err := run("pg_ctl", "-D", data, "-m", "fast", "-w", "stop").CombinedOutput(); err != nil {
-			t.Errorf("pg_ctl stop: %v\n%s", err, out)
-		}
+		// Stop it if it runs (a test may have stopped it).
+		_ = run("pg_ctl", "-D", data, "-m", "immediate", "-w", "stop").Run()
 	})
-	return fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable", dir)
+	return &Instance{DSN: fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable", dir), t: t, run: run, data: data, opts: opts, dir: dir}
 }
 
 // Database creates a fresh database on the server and returns its connection string.

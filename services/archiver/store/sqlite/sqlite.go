@@ -157,6 +157,24 @@ func (s *Store) partitions(ctx context.Context, db *sql.DB) ([]int, error) {
 	return out, rows.Err()
 }
 
+// SetMaxBytes bounds the file's size (0: no bound). Past it a write fails with SQLite's
+// "database or disk is full", as it would on a full disk: the archiver then stores and
+// acknowledges nothing until there is room again.
+func (s *Store) SetMaxBytes(ctx context.Context, n int64) error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	var pageSize int64
+	if err := s.w.QueryRowContext(ctx, `PRAGMA page_size`).Scan(&pageSize); err != nil {
+		return err
+	}
+	pages := int64(1073741823) // SQLite's maximum
+	if n > 0 {
+		pages = max(n/pageSize, 1)
+	}
+	_, err := s.w.ExecContext(ctx, fmt.Sprintf(`PRAGMA max_page_count = %d`, pages))
+	return err
+}
+
 // Close closes the store.
 func (s *Store) Close() error {
 	var errs []error
