@@ -14,6 +14,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +22,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/crypto/bcrypt"
 	"golang.org/x/sync/errgroup"
 
@@ -123,6 +126,9 @@ func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, 
 	}
 	info.Simulate = simulate
 
+	// One registry for the services of this process: in all mode the gateway's /metrics
+	// serves them all (producer, gateway, archiver).
+	reg := prometheus.NewRegistry()
 	g, gctx := errgroup.WithContext(ctx)
 	if role == "all" || role == "producer" {
 		prod, err := producer.New(producer.Config{
@@ -141,7 +147,7 @@ func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, 
 			Simulate:        simulate,
 			SimulateSeed:    cfg.SimulateSeed,
 			Grace:           cfg.Shutdown.Grace,
-		}, producer.Deps{Conn: nc, Publisher: pub, Keys: keys, Log: log.With("service", "producer")})
+		}, producer.Deps{Conn: nc, Publisher: pub, Keys: keys, Log: log.With("service", "producer"), Registry: reg})
 		if err != nil {
 			return err
 		}
@@ -154,7 +160,7 @@ func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, 
 			Addr: cfg.HTTPAddr, Heartbeat: cfg.Gateway.Heartbeat, QueueSize: cfg.Gateway.QueueSize,
 			MaxStreams: cfg.Gateway.MaxStreams, MaxStreamsPerKey: cfg.Gateway.MaxStreamsPerKey,
 			CORSOrigins: origins, Grace: cfg.Shutdown.Grace,
-		}, livegateway.Deps{Conn: nc, Keys: keys, Log: log.With("service", "live-gateway")})
+		}, livegateway.Deps{Conn: nc, Keys: keys, Log: log.With("service", "live-gateway"), Registry: reg})
 		if err != nil {
 			return err
 		}
@@ -180,16 +186,73 @@ func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, 
 		arc, err := archiver.New(archiver.Config{
 			MinLevel: minLevel, Include: splitComma(cfg.Archiver.Include), Exclude: splitComma(cfg.Archiver.Exclude),
 			Retention: cfg.Archiver.Retention, Grace: cfg.Shutdown.Grace,
-		}, archiver.Deps{Conn: nc, Store: st, Log: log.With("service", "archiver")})
+		}, archiver.Deps{Conn: nc, Store: st, Log: log.With("service", "archiver"), Registry: reg})
 		if err != nil {
 			return err
 		}
 		g.Go(func() error { return arc.Run(gctx) })
+		if role == "archiver" {
+			// Alone, the archiver has no HTTP front door of its own: health and metrics.
+			srv, err := ownMetricsServer(cfg.HTTPAddr, reg, keys, nc)
+			if err != nil {
+				return err
+			}
+			info.HTTPAddr = srv.addr
+			g.Go(func() error { return srv.run(gctx) })
+		}
 	}
 	if ready != nil {
 		ready(info)
 	}
 	return g.Wait()
+}
+
+type metricsServer struct {
+	addr net.Addr
+	srv  *http.Server
+	ln   net.Listener
+}
+
+// ownMetricsServer serves /healthz, /readyz and /metrics (viewer key) for a role without
+// an HTTP server of its own.
+func ownMetricsServer(addr string, reg *prometheus.Registry, keys *apikey.Store, nc *nats.Conn) (*metricsServer, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if nc.Status() != nats.CONNECTED {
+			http.Error(w, "NATS not connected", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
+		key, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if _, ok := keys.Authenticate(key, apikey.Viewer); !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="mailpulse"`)
+			http.Error(w, "missing or invalid API key", http.StatusUnauthorized)
+			return
+		}
+		metrics.ServeHTTP(w, r)
+	})
+	return &metricsServer{addr: ln.Addr(), ln: ln, srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}}, nil
+}
+
+func (m *metricsServer) run(ctx context.Context) error {
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = m.srv.Shutdown(sctx)
+	}()
+	if err := m.srv.Serve(m.ln); !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
 }
 
 func splitComma(s string) []string {

@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailpulse/mailpulse/internal/app"
+	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/config"
 )
@@ -160,6 +161,11 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 	if code, _ := stalwart("/api/v1/metrics/history?step=1ms"); code != 400 {
 		t.Errorf("bad step: %d, want 400", code)
 	}
+	// All the services' own metrics on the gateway's /metrics, the history's disk use among them.
+	if code, body := stalwart("/metrics"); code != 200 || !strings.Contains(body, "mailpulse_archiver_store_bytes") ||
+		!strings.Contains(body, "mailpulse_producer_events_stored_total") || !strings.Contains(body, "mailpulse_gateway_streams_open") {
+		t.Errorf("/metrics: %d, lacks a service's metrics", code)
+	}
 
 	// Another process joins the embedded server over TCP with the printed credentials and
 	// sees the simulator's events accumulate.
@@ -221,5 +227,46 @@ func TestOtherRolesNeedAnExternalNATS(t *testing.T) {
 	_, err := config.NewLoader("producer").Load(nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "nats.url") {
 		t.Errorf("producer without nats.url: %v", err)
+	}
+}
+
+func TestArchiverRoleServesHealthAndMetrics(t *testing.T) {
+	srv := brokertest.StartTCP(t)
+	cfg, err := config.NewLoader("archiver").Load(nil, []string{"MAILPULSE_DATA_DIR=" + t.TempDir(), "MAILPULSE_HTTP_ADDR=127.0.0.1:0",
+		"MAILPULSE_NATS_URL=" + srv.ClientURL(), "MAILPULSE_NATS_USER=" + brokertest.User, "MAILPULSE_NATS_PASSWORD=" + brokertest.Password})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	readyCh := make(chan app.Ready, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- app.Run(ctx, "archiver", cfg, cfg.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
+	}()
+	defer func() { cancel(); <-done }()
+	var r app.Ready
+	select {
+	case r = <-readyCh:
+	case err := <-done:
+		t.Fatalf("Run = %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("not ready")
+	}
+	base := "http://" + r.HTTPAddr.String()
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 401} {
+		resp, err := http.Get(base + path)
+		if err != nil || resp.StatusCode != want {
+			t.Errorf("GET %s = %v %v, want %d", path, resp.StatusCode, err, want)
+		}
+	}
+	req, _ := http.NewRequest(http.MethodGet, base+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+r.AdminKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/metrics with a key: %v %v", resp.StatusCode, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(b), "mailpulse_archiver_store_bytes") {
+		t.Error("/metrics lacks the archiver's store size")
 	}
 }
