@@ -44,6 +44,7 @@ func live(args []string, out io.Writer) error {
 	idle := fs.Int("idle", 1000, "idle clients for the memory phase (0: skip)")
 	many := fs.Int("many", 1000, "clients of the 100 events/s phase (0: skip)")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the gateway's saturation phase to this file")
+	replayN := fs.Int("replay-events", 100_000, "events of the replay phase (0: skip)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -161,6 +162,69 @@ func live(args []string, out io.Writer) error {
 	}
 	fmt.Fprintf(out, "saturation, %d unfiltered clients, %d events: gateway %9.0f deliveries/s (%d lost, %d drop reports)   raw core-NATS fan-out %9.0f deliveries/s (%d lost)   ratio %.2f (target ≥ 0.70)\n",
 		*clients, *satEvents, gwRate.perSec, gwRate.lost, gwRate.reports, rawRate.perSec, rawRate.lost, gwRate.perSec/rawRate.perSec)
+
+	// Replay: the raw ordered consumer against GET /api/v1/replay (NDJSON over HTTP).
+	if *replayN > 0 {
+		from := time.Now().Add(-time.Second)
+		for i := 0; i < *replayN; i++ {
+			m, _ := benchEvent(i, "bench.replay")
+			if err := publishAsync(js, m); err != nil {
+				return err
+			}
+		}
+		<-js.PublishAsyncComplete()
+		// The raw read is timed before and after the replay (caches warm up), and the better
+		// of the two is the baseline.
+		rawRead := func() (float64, error) {
+			t0 := time.Now()
+			cons, err := js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"events.bench.replay"}})
+			if err != nil {
+				return 0, err
+			}
+			got := 0
+			for got < *replayN {
+				batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
+				if err != nil {
+					return 0, err
+				}
+				n := 0
+				for range batch.Messages() {
+					n++
+				}
+				if n == 0 {
+					return 0, fmt.Errorf("raw replay stalled at %d", got)
+				}
+				got += n
+			}
+			return float64(got) / time.Since(t0).Seconds(), nil
+		}
+		raw, err := rawRead()
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/replay?types=bench.replay&from="+from.UTC().Format(time.RFC3339Nano), nil)
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		lines := 0
+		br := bufio.NewReaderSize(resp.Body, 1<<20)
+		for {
+			if _, err := br.ReadSlice('\n'); err != nil {
+				break
+			}
+			lines++
+		}
+		resp.Body.Close()
+		via := float64(lines) / time.Since(t0).Seconds()
+		if raw2, err := rawRead(); err == nil && raw2 > raw {
+			raw = raw2
+		}
+		fmt.Fprintf(out, "replay of %d events: raw ordered consumer %8.0f events/s   GET /api/v1/replay %8.0f events/s (%d lines)   ratio %.2f (target ≥ 0.80)\n",
+			*replayN, raw, via, lines, via/raw)
+	}
 
 	// 3. Many clients at a low rate.
 	if *many > 0 {
