@@ -429,9 +429,6 @@ func hostPort(a net.Addr) string {
 // consumer after the rebuilt point. Without an external NATS it opens the embedded
 // server's store in the data dir, so mailpulse must not be running.
 func Rebuild(ctx context.Context, cfg config.Config, log *slog.Logger, out io.Writer) error {
-	if cfg.Archiver.Store != "sqlite" {
-		return fmt.Errorf("rebuild works on the SQLite history only for now; for %s, drop its tables and reset the archiver consumer by hand", cfg.Archiver.Store)
-	}
 	var nc *nats.Conn
 	if cfg.NATS.URL == "" {
 		srv, err := broker.Start(broker.Config{StoreDir: filepath.Join(cfg.DataDir, "nats"), Name: "mailpulse-rebuild", ReadyTimeout: 10 * time.Second}, log)
@@ -460,40 +457,69 @@ func Rebuild(ctx context.Context, cfg config.Config, log *slog.Logger, out io.Wr
 	if err := provision(ctx, js, cfg.Stream, log); err != nil {
 		return err
 	}
+	minLevel, _ := event.ParseLevel(cfg.Archiver.MinLevel)
+	acfg := archiver.Config{MinLevel: minLevel, Include: splitComma(cfg.Archiver.Include), Exclude: splitComma(cfg.Archiver.Exclude)}
+	start := time.Now()
+	// SQLite: into a new file, swapped in only when complete. PostgreSQL: emptied, then
+	// filled again (the archivers must be stopped; if it is interrupted, run it again).
+	var st store.Store
 	path := filepath.Join(cfg.DataDir, "history.db")
 	tmp := path + ".rebuild"
-	for _, suffix := range []string{"", "-wal", "-shm"} {
-		_ = os.Remove(tmp + suffix)
+	if cfg.Archiver.Store == "postgresql" {
+		pg, err := postgres.Open(ctx, cfg.Archiver.PostgresURL)
+		if err != nil {
+			return err
+		}
+		if err := pg.Reset(ctx); err != nil {
+			pg.Close()
+			return fmt.Errorf("empty the PostgreSQL history: %w", err)
+		}
+		st = pg
+	} else {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			_ = os.Remove(tmp + suffix)
+		}
+		if st, err = sqlite.Open(ctx, tmp); err != nil {
+			return err
+		}
 	}
-	st, err := sqlite.Open(ctx, tmp)
-	if err != nil {
-		return err
+	n, last, err := archiver.Rebuild(ctx, js, st, acfg, log)
+	var snaps int
+	var lastSnap uint64
+	if err == nil {
+		snaps, lastSnap, err = archiver.RebuildMetrics(ctx, js, st)
 	}
-	minLevel, _ := event.ParseLevel(cfg.Archiver.MinLevel)
-	start := time.Now()
-	n, last, err := archiver.Rebuild(ctx, js, st, archiver.Config{MinLevel: minLevel, Include: splitComma(cfg.Archiver.Include), Exclude: splitComma(cfg.Archiver.Exclude)}, log)
 	if cerr := st.Close(); err == nil {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("rebuild: %w (the current history is untouched)", err)
+		return fmt.Errorf("rebuild: %w", err)
 	}
-	for _, suffix := range []string{"", "-wal", "-shm"} {
-		if _, err := os.Stat(path + suffix); err == nil {
-			if err := os.Rename(path+suffix, path+".old"+suffix); err != nil {
-				return err
+	if cfg.Archiver.Store != "postgresql" {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			if _, err := os.Stat(path + suffix); err == nil {
+				if err := os.Rename(path+suffix, path+".old"+suffix); err != nil {
+					return err
+				}
 			}
-		}
-		if _, err := os.Stat(tmp + suffix); err == nil {
-			if err := os.Rename(tmp+suffix, path+suffix); err != nil {
-				return err
+			if _, err := os.Stat(tmp + suffix); err == nil {
+				if err := os.Rename(tmp+suffix, path+suffix); err != nil {
+					return err
+				}
 			}
 		}
 	}
 	if err := archiver.ResetConsumer(ctx, js, "archiver", last); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "history rebuilt from the log: %d events up to sequence %d in %s, in %s (the previous file is %s.old)\n",
-		n, last, time.Since(start).Round(time.Millisecond), path, path)
+	if err := archiver.ResetMetricsConsumer(ctx, js, "archiver", lastSnap); err != nil {
+		return err
+	}
+	where := path + " (the previous file is " + path + ".old)"
+	if cfg.Archiver.Store == "postgresql" {
+		where = "PostgreSQL"
+	}
+	fmt.Fprintf(out, "history rebuilt from the log in %s: %d events up to sequence %d and %d metric snapshots, in %s\n",
+		time.Since(start).Round(time.Millisecond), n, last, snaps, where)
 	return nil
 }

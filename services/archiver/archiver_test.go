@@ -13,12 +13,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailpulse/mailpulse/services/archiver"
+	"github.com/mailpulse/mailpulse/services/archiver/store"
 	"github.com/mailpulse/mailpulse/services/archiver/store/postgres"
 	"github.com/mailpulse/mailpulse/services/archiver/store/sqlite"
 	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/history"
+	"github.com/mailpulse/mailpulse/shared/metric"
 	"github.com/mailpulse/mailpulse/shared/pgtest"
 )
 
@@ -203,65 +205,69 @@ func TestRestartStoresNothingTwiceAndLosesNothing(t *testing.T) {
 func TestRebuildFromTheLog(t *testing.T) {
 	h := newHarness(t)
 	h.publish(2500, "smtp.rcpt-to", `{"to":["bob@example.org"]}`, 0)
-	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "rebuilt.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	n, last, err := archiver.Rebuild(t.Context(), h.pub.JetStream(), st, archiver.Config{}, nil)
-	if err != nil || n != 2500 || last != 2500 {
-		t.Fatalf("Rebuild = %d, %d, %v; want 2500 events up to sequence 2500", n, last, err)
-	}
-	page, err := st.Query(t.Context(), history.Query{From: time.Now().Add(-time.Hour), To: time.Now().Add(time.Hour), Terms: []string{"bob@example.org"}, Limit: 1000})
-	if err != nil || len(page.Events) != 1000 || page.Next == "" {
-		t.Errorf("rebuilt store query: %d events, next %q, %v", len(page.Events), page.Next, err)
-	}
-	// The archiver then continues after the rebuilt point only.
-	if err := archiver.ResetConsumer(t.Context(), h.pub.JetStream(), "archiver", last); err != nil {
-		t.Fatal(err)
-	}
-	cons, err := h.pub.JetStream().Consumer(t.Context(), bus.StreamEvents, "archiver")
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, _ := cons.Info(t.Context())
-	if info.NumPending != 0 {
-		t.Errorf("the consumer has %d pending after a reset to the end", info.NumPending)
-	}
-}
-
-func TestTwoArchiversShareOnePostgreSQL(t *testing.T) {
-	h := newHarness(t)
-	dsn := pgtest.Database(t, pgtest.Server(t))
-	var stores []*postgres.Store
-	for range 2 {
-		st, err := postgres.Open(t.Context(), dsn)
-		if err != nil {
+	for i := range 5 {
+		snap := metric.Snapshot{Source: "mx1", Origin: metric.OriginEvents, Instance: "p", Time: time.Now().Add(time.Duration(i) * time.Second), Counters: map[string]uint64{"auth.failed": uint64(i)}}
+		b, _ := snap.Marshal()
+		if err := h.pub.Publish(t.Context(), bus.Msg{Subject: bus.MetricsSubject("mx1"), ID: fmt.Sprintf("snap-%d", i), Data: b}); err != nil {
 			t.Fatal(err)
 		}
-		stores = append(stores, st)
-		a, err := archiver.New(archiver.Config{BatchSize: 50}, archiver.Deps{Conn: h.nc, Store: st})
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- a.Run(ctx) }()
-		t.Cleanup(func() { cancel(); <-done; st.Close() })
 	}
-	// One long session whose events the two archivers share: its summary must count them all.
-	h.publish(3000, "smtp.rcpt-to", `{"spanId":"shared","to":["bob@example.org"]}`, 0)
-	eventually(t, "3000 events stored", func() bool {
-		st, err := stores[0].Stats(t.Context())
-		return err == nil && st.Events >= 3000
-	})
-	st, _ := stores[0].Stats(t.Context())
-	if st.Events != 3000 {
-		t.Errorf("%d events stored by two archivers, want exactly 3000", st.Events)
-	}
-	sp, evs, err := stores[1].Span(t.Context(), "shared")
-	if err != nil || sp.Events != 3000 || len(evs) != 3000 {
-		t.Errorf("span summary counts %d events (%d rows), %v; want 3000", sp.Events, len(evs), err)
+	pgDSN := pgtest.Database(t, pgtest.Server(t))
+	for _, name := range []string{"sqlite", "postgresql"} {
+		t.Run(name, func(t *testing.T) {
+			var st store.Store
+			if name == "sqlite" {
+				s, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "rebuilt.db"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				st = s
+			} else {
+				pg, err := postgres.Open(t.Context(), pgDSN)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// Something stale that a rebuild must clear.
+				pg.Write(t.Context(), []store.Record{{Seq: 999999, Event: event.Event{ID: "stale", CreatedAt: time.Now(), Type: "a.b", Source: "x"}}})
+				if err := pg.Reset(t.Context()); err != nil {
+					t.Fatal(err)
+				}
+				st = pg
+			}
+			defer st.Close()
+			n, last, err := archiver.Rebuild(t.Context(), h.pub.JetStream(), st, archiver.Config{}, nil)
+			if err != nil || n != 2500 || last != 2500 {
+				t.Fatalf("Rebuild = %d, %d, %v; want 2500 events up to sequence 2500", n, last, err)
+			}
+			snaps, lastSnap, err := archiver.RebuildMetrics(t.Context(), h.pub.JetStream(), st)
+			if err != nil || snaps != 5 || lastSnap != 5 {
+				t.Fatalf("RebuildMetrics = %d, %d, %v; want 5", snaps, lastSnap, err)
+			}
+			stats, _ := st.Stats(t.Context())
+			if stats.Events != 2500 {
+				t.Errorf("rebuilt store holds %d events, want 2500 (and no stale one)", stats.Events)
+			}
+			page, err := st.Query(t.Context(), history.Query{From: time.Now().Add(-time.Hour), To: time.Now().Add(time.Hour), Terms: []string{"bob@example.org"}, Limit: 1000})
+			if err != nil || len(page.Events) != 1000 || page.Next == "" {
+				t.Errorf("rebuilt store query: %d events, next %q, %v", len(page.Events), page.Next, err)
+			}
+			// The archivers then continue after the rebuilt points only.
+			if err := archiver.ResetConsumer(t.Context(), h.pub.JetStream(), "archiver", last); err != nil {
+				t.Fatal(err)
+			}
+			if err := archiver.ResetMetricsConsumer(t.Context(), h.pub.JetStream(), "archiver", lastSnap); err != nil {
+				t.Fatal(err)
+			}
+			for stream, consumer := range map[string]string{bus.StreamEvents: "archiver", bus.StreamMetrics: "archiver-metrics"} {
+				cons, err := h.pub.JetStream().Consumer(t.Context(), stream, consumer)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if info, _ := cons.Info(t.Context()); info.NumPending != 0 {
+					t.Errorf("%s has %d pending after a reset to the end", consumer, info.NumPending)
+				}
+			}
+		})
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"github.com/mailpulse/mailpulse/services/archiver/store"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
+	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
 // Rebuild replays the whole EVENTS log into st (a new, empty store), in batches, and
@@ -96,6 +97,70 @@ func ResetConsumer(ctx context.Context, js jetstream.JetStream, name string, las
 	}
 	_, err := js.CreateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
 		Durable: name, FilterSubject: bus.SubjectEvents, AckPolicy: jetstream.AckExplicitPolicy,
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1,
+	})
+	return err
+}
+
+// RebuildMetrics replays the METRICS log into st and returns the snapshots stored and the
+// last sequence read; ResetConsumer with the metrics consumer's name continues from there.
+func RebuildMetrics(ctx context.Context, js jetstream.JetStream, st store.Store) (stored int, last uint64, err error) {
+	stream, err := js.Stream(ctx, bus.StreamMetrics)
+	if err != nil {
+		return 0, 0, fmt.Errorf("stream %s: %w", bus.StreamMetrics, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	end := info.State.LastSeq
+	if end == 0 || info.State.Msgs == 0 {
+		return 0, end, nil
+	}
+	cons, err := js.OrderedConsumer(ctx, bus.StreamMetrics, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.SubjectMetrics}})
+	if err != nil {
+		return 0, 0, err
+	}
+	for last < end {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
+		if err != nil {
+			return stored, last, err
+		}
+		var recs []store.SnapshotRecord
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			meta, err := m.Metadata()
+			if err != nil {
+				continue
+			}
+			last = meta.Sequence.Stream
+			if snap, err := metric.Unmarshal(m.Data()); err == nil {
+				recs = append(recs, store.SnapshotRecord{Seq: last, Snapshot: snap})
+			}
+		}
+		if err := st.WriteSnapshots(ctx, recs); err != nil {
+			return stored, last, err
+		}
+		stored += len(recs)
+		if got == 0 {
+			return stored, last, errors.New("the metrics log stopped delivering before its end")
+		}
+	}
+	return stored, last, nil
+}
+
+// ResetMetricsConsumer recreates the metrics consumer to deliver after last.
+func ResetMetricsConsumer(ctx context.Context, js jetstream.JetStream, name string, last uint64) error {
+	if name == "" {
+		name = "archiver"
+	}
+	name += "-metrics"
+	if err := js.DeleteConsumer(ctx, bus.StreamMetrics, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("delete consumer %s: %w", name, err)
+	}
+	_, err := js.CreateConsumer(ctx, bus.StreamMetrics, jetstream.ConsumerConfig{
+		Durable: name, FilterSubject: bus.SubjectMetrics, AckPolicy: jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1,
 	})
 	return err

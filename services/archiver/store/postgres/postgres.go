@@ -67,6 +67,37 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	return s, nil
 }
 
+// Reset empties the store (every partition, spans, snapshots), for a rebuild from the log.
+// No archiver may be writing meanwhile.
+func (s *Store) Reset(ctx context.Context) error {
+	rows, err := s.pool.Query(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent IN ('events'::regclass, 'terms'::regclass)`)
+	if err != nil {
+		return err
+	}
+	var parts []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return err
+		}
+		parts = append(parts, name)
+	}
+	rows.Close()
+	for _, p := range parts {
+		if _, err := s.pool.Exec(ctx, `DROP TABLE IF EXISTS `+pgx.Identifier{p}.Sanitize()); err != nil {
+			return err
+		}
+	}
+	if _, err := s.pool.Exec(ctx, `TRUNCATE spans, snapshots`); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.days = map[int]bool{}
+	s.mu.Unlock()
+	return nil
+}
+
 // Close closes the pool.
 func (s *Store) Close() error { s.pool.Close(); return nil }
 
