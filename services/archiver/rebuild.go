@@ -138,6 +138,9 @@ func RebuildMetrics(ctx context.Context, js jetstream.JetStream, st store.Store)
 			if snap, err := metric.Unmarshal(m.Data()); err == nil {
 				recs = append(recs, store.SnapshotRecord{Seq: last, Snapshot: snap})
 			}
+			if last >= end {
+				break // do not wait for the rest of a batch that will never fill
+			}
 		}
 		if err := st.WriteSnapshots(ctx, recs); err != nil {
 			return stored, last, err
