@@ -185,7 +185,7 @@ func Run(ctx context.Context, role string, cfg config.Config, log *slog.Logger, 
 		minLevel, _ := event.ParseLevel(cfg.Archiver.MinLevel) // validated
 		arc, err := archiver.New(archiver.Config{
 			MinLevel: minLevel, Include: splitComma(cfg.Archiver.Include), Exclude: splitComma(cfg.Archiver.Exclude),
-			Retention: cfg.Archiver.Retention, Grace: cfg.Shutdown.Grace,
+			Retention: cfg.Archiver.Retention, MetricsRetention: cfg.Archiver.MetricsRetention, Grace: cfg.Shutdown.Grace,
 		}, archiver.Deps{Conn: nc, Store: st, Log: log.With("service", "archiver"), Registry: reg})
 		if err != nil {
 			return err

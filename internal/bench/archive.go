@@ -28,7 +28,7 @@ import (
 // stored event, and query latencies on a store of N events.
 func archive(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("bench archive", flag.ContinueOnError)
-	n := fs.Int("events", 1_000_000, "events in the store for the query phase")
+	n := fs.Int("events", 5_000_000, "events in the store for the query phase")
 	pipeline := fs.Int("pipeline-events", 200_000, "events for the write-rate phases")
 	span := fs.Duration("span", 72*time.Hour, "event time covered by the store")
 	queries := fs.Int("queries", 200, "queries of each kind")

@@ -96,12 +96,13 @@ type Gateway struct {
 
 // Archiver configures the history.
 type Archiver struct {
-	Store       string        `koanf:"store" help:"history store: sqlite (a file in the data dir) or postgresql (for several archivers)" roles:"all,archiver"`
-	PostgresURL string        `koanf:"postgres_url" help:"PostgreSQL connection string when store is postgresql" secret:"true" roles:"all,archiver"`
-	Retention   time.Duration `koanf:"retention" help:"how long events are kept in the history (dropped by whole days)" roles:"all,archiver"`
-	MinLevel    string        `koanf:"min_level" help:"events below this level are not kept" roles:"all,archiver"`
-	Include     string        `koanf:"include" help:"comma-separated type patterns to keep (empty: all)" roles:"all,archiver"`
-	Exclude     string        `koanf:"exclude" help:"comma-separated type patterns not to keep" roles:"all,archiver"`
+	Store            string        `koanf:"store" help:"history store: sqlite (a file in the data dir) or postgresql (for several archivers)" roles:"all,archiver"`
+	PostgresURL      string        `koanf:"postgres_url" help:"PostgreSQL connection string when store is postgresql" secret:"true" roles:"all,archiver"`
+	Retention        time.Duration `koanf:"retention" help:"how long events are kept in the history (dropped by whole days)" roles:"all,archiver"`
+	MetricsRetention time.Duration `koanf:"metrics_retention" help:"how long metric snapshots are kept in the history" roles:"all,archiver"`
+	MinLevel         string        `koanf:"min_level" help:"events below this level are not kept" roles:"all,archiver"`
+	Include          string        `koanf:"include" help:"comma-separated type patterns to keep (empty: all)" roles:"all,archiver"`
+	Exclude          string        `koanf:"exclude" help:"comma-separated type patterns not to keep" roles:"all,archiver"`
 }
 
 // Ingest bounds the ingest API.
@@ -137,7 +138,7 @@ func Default() Config {
 			MetricsInterval:  15 * time.Second,
 			HistogramBuckets: "auto",
 		},
-		Archiver: Archiver{Store: "sqlite", Retention: 30 * 24 * time.Hour, MinLevel: "trace"},
+		Archiver: Archiver{Store: "sqlite", Retention: 30 * 24 * time.Hour, MetricsRetention: 90 * 24 * time.Hour, MinLevel: "trace"},
 		Gateway:  Gateway{Heartbeat: 15 * time.Second, QueueSize: 1024, MaxStreams: 1000, MaxStreamsPerKey: 20},
 		Ingest:   Ingest{MaxBodyBytes: 16 << 20, MaxBatch: 10_000, Timeout: 10 * time.Second, Window: 4000},
 		Metrics:  Metrics{Interval: 10 * time.Second},
@@ -483,6 +484,9 @@ func (c *Config) Validate(role string) error {
 	}
 	if c.Archiver.Retention < 24*time.Hour {
 		add("archiver.retention: at least 24h (history is dropped by whole days)")
+	}
+	if c.Archiver.MetricsRetention < time.Hour {
+		add("archiver.metrics_retention: at least 1h")
 	}
 	if _, err := event.ParseLevel(c.Archiver.MinLevel); err != nil {
 		add("archiver.min_level: %v", err)
