@@ -199,6 +199,10 @@ func checkDepth(b []byte, max int) error {
 	return nil
 }
 
+// ValidKey reports whether k is a data key: camelCase letters and digits, starting with a
+// lowercase letter, at most MaxKeyLen long.
+func ValidKey(k string) bool { return validKey(k) }
+
 func validKey(k string) bool {
 	if k == "" || len(k) > MaxKeyLen || k[0] < 'a' || k[0] > 'z' {
 		return false

@@ -109,7 +109,7 @@ func Parse(q url.Values, extra ...string) (*Filter, error) {
 				continue
 			}
 			key := event.CamelKey(name)
-			if !validKey(key) {
+			if !event.ValidKey(key) {
 				errs = append(errs, fmt.Errorf("parameter %q: not a filter (an event key is camelCase or kebab-case letters and digits)", name))
 				continue
 			}
@@ -129,19 +129,6 @@ func Parse(q url.Values, extra ...string) (*Filter, error) {
 		return nil, errors.Join(errs...)
 	}
 	return f, nil
-}
-
-func validKey(k string) bool {
-	if k == "" || len(k) > event.MaxKeyLen || k[0] < 'a' || k[0] > 'z' {
-		return false
-	}
-	for i := 1; i < len(k); i++ {
-		c := k[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
 }
 
 func parseType(p string) (typePattern, error) {
@@ -195,6 +182,23 @@ func matchPart(pattern, s string) bool {
 		return strings.HasPrefix(s, pattern[:len(pattern)-1])
 	}
 	return pattern == s
+}
+
+// ValidPattern checks a type pattern: group.name (or a bare group), each part kebab-case,
+// *, prefix* or *suffix.
+func ValidPattern(p string) error {
+	_, err := parseType(p)
+	return err
+}
+
+// MatchPattern reports whether typ matches a pattern that ValidPattern accepts.
+func MatchPattern(pattern, typ string) bool {
+	tp, err := parseType(pattern)
+	if err != nil {
+		return false
+	}
+	g, n, _ := strings.Cut(typ, ".")
+	return matchPart(tp.group, g) && matchPart(tp.name, n)
 }
 
 // Subjects returns NATS subject filters that select at least every event the type patterns

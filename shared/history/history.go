@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/mailpulse/mailpulse/shared/event"
+	"github.com/mailpulse/mailpulse/shared/filter"
 )
 
 // Subjects of the request-reply API; archivers answer in a queue group.
@@ -207,7 +208,7 @@ func ParseQuery(q url.Values, now time.Time) (Query, error) {
 	}
 	for _, name := range []string{"types", "type"} {
 		for _, p := range splitList(q[name]) {
-			if err := validPattern(p); err != nil {
+			if err := filter.ValidPattern(p); err != nil {
 				errs = append(errs, err)
 				continue
 			}
@@ -259,7 +260,7 @@ func ParseQuery(q url.Values, now time.Time) (Query, error) {
 			continue
 		}
 		key := event.CamelKey(name)
-		if !validKey(key) {
+		if !event.ValidKey(key) {
 			errs = append(errs, fmt.Errorf("parameter %q: not a known parameter nor an event key", trunc(name)))
 			continue
 		}
@@ -299,69 +300,8 @@ func splitList(vals []string) []string {
 	return out
 }
 
-func validKey(k string) bool {
-	if k == "" || len(k) > event.MaxKeyLen || k[0] < 'a' || k[0] > 'z' {
-		return false
-	}
-	for i := 1; i < len(k); i++ {
-		c := k[i]
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9') {
-			return false
-		}
-	}
-	return true
-}
-
-// validPattern checks a type pattern: group.name, each part kebab-case, *, prefix* or *suffix.
-func validPattern(p string) error {
-	g, n, ok := strings.Cut(p, ".")
-	if p == "*" {
-		return nil
-	}
-	if !ok {
-		g, n = p, "*"
-	}
-	for _, part := range []string{g, n} {
-		core := strings.TrimSuffix(strings.TrimPrefix(part, "*"), "*")
-		if part == "*" {
-			continue
-		}
-		if core == "" || strings.Contains(core, "*") || (strings.HasPrefix(part, "*") && strings.HasSuffix(part, "*")) {
-			return fmt.Errorf("types: pattern %q: want group.name with *, prefix* or *suffix parts", trunc(p))
-		}
-		for i := 0; i < len(core); i++ {
-			if c := core[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
-				return fmt.Errorf("types: pattern %q: want group.name with *, prefix* or *suffix parts", trunc(p))
-			}
-		}
-	}
-	return nil
-}
-
 // MatchType reports whether typ matches a pattern of ParseQuery.
-func MatchType(pattern, typ string) bool {
-	if pattern == "*" {
-		return true
-	}
-	pg, pn, ok := strings.Cut(pattern, ".")
-	if !ok {
-		pn = "*"
-	}
-	g, n, _ := strings.Cut(typ, ".")
-	return matchPart(pg, g) && matchPart(pn, n)
-}
-
-func matchPart(p, s string) bool {
-	switch {
-	case p == "*":
-		return true
-	case strings.HasPrefix(p, "*"):
-		return strings.HasSuffix(s, p[1:])
-	case strings.HasSuffix(p, "*"):
-		return strings.HasPrefix(s, p[:len(p)-1])
-	}
-	return p == s
-}
+func MatchType(pattern, typ string) bool { return filter.MatchPattern(pattern, typ) }
 
 // ParseTerms splits Stalwart's filter syntax: keywords separated by spaces, "quoted
 // phrases" kept whole. Terms are matched as whole values or words of indexed values, case
