@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailpulse/mailpulse/services/producer"
@@ -69,44 +70,12 @@ func ingest(args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "mailpulse-bench-")
+	env, err := newEnv(*window, apikey.Ingest)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	srv, err := broker.Start(broker.Config{StoreDir: dir, Name: "bench"}, nil)
-	if err != nil {
-		return err
-	}
-	defer srv.Shutdown()
-	nc, err := srv.Connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	pub, err := bus.NewPublisher(nc, bus.PublisherConfig{Window: *window})
-	if err != nil {
-		return err
-	}
-	ctx := context.Background()
-	js := pub.JetStream()
-	if err := bus.Provision(ctx, js, bus.Limits{}, nil); err != nil {
-		return err
-	}
-	kv, err := js.KeyValue(ctx, bus.BucketKeys)
-	if err != nil {
-		return err
-	}
-	kctx, cancelKeys := context.WithCancel(ctx)
-	defer cancelKeys()
-	keys, err := apikey.Open(kctx, kv, nil)
-	if err != nil {
-		return err
-	}
-	key, _, err := keys.Create(ctx, "bench", apikey.Ingest)
-	if err != nil {
-		return err
-	}
+	defer env.close()
+	ctx, nc, pub, js, keys, key := context.Background(), env.nc, env.pub, env.js, env.keys, env.key
 
 	// The same simulated events for both phases, each round with fresh ids.
 	sim := producer.NewSimulator(1, "bench.example.org", nil)
@@ -168,6 +137,69 @@ func ingest(args []string, out io.Writer) error {
 		fmt.Fprintf(out, "max RSS of the whole run (broker, producer, clients): %d MB\n", ru.Maxrss/1024)
 	}
 	return nil
+}
+
+// env is what every load command starts from: an embedded server in a temporary directory,
+// a connection, a publisher, the provisioned log, the key store and one key of a role.
+type env struct {
+	nc    *nats.Conn
+	pub   *bus.Publisher
+	js    jetstream.JetStream
+	keys  *apikey.Store
+	key   string
+	close func()
+}
+
+func newEnv(window int, role apikey.Role) (*env, error) {
+	var undo []func()
+	fail := func(err error) (*env, error) {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "mailpulse-bench-")
+	if err != nil {
+		return nil, err
+	}
+	undo = append(undo, func() { os.RemoveAll(dir) })
+	srv, err := broker.Start(broker.Config{StoreDir: dir, Name: "bench"}, nil)
+	if err != nil {
+		return fail(err)
+	}
+	undo = append(undo, srv.Shutdown)
+	nc, err := srv.Connect()
+	if err != nil {
+		return fail(err)
+	}
+	undo = append(undo, nc.Close)
+	pub, err := bus.NewPublisher(nc, bus.PublisherConfig{Window: window})
+	if err != nil {
+		return fail(err)
+	}
+	ctx := context.Background()
+	if err := bus.Provision(ctx, pub.JetStream(), bus.Limits{}, nil); err != nil {
+		return fail(err)
+	}
+	kv, err := pub.JetStream().KeyValue(ctx, bus.BucketKeys)
+	if err != nil {
+		return fail(err)
+	}
+	kctx, cancel := context.WithCancel(ctx)
+	undo = append(undo, cancel)
+	keys, err := apikey.Open(kctx, kv, nil)
+	if err != nil {
+		return fail(err)
+	}
+	key, _, err := keys.Create(ctx, "bench", role)
+	if err != nil {
+		return fail(err)
+	}
+	return &env{nc: nc, pub: pub, js: pub.JetStream(), keys: keys, key: key, close: func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}}, nil
 }
 
 func purge(ctx context.Context, js jetstream.JetStream) error {

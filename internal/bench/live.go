@@ -27,7 +27,6 @@ import (
 
 	livegateway "github.com/mailpulse/mailpulse/services/live-gateway"
 	"github.com/mailpulse/mailpulse/shared/apikey"
-	"github.com/mailpulse/mailpulse/shared/broker"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
 )
@@ -48,40 +47,12 @@ func live(args []string, out io.Writer) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	dir, err := os.MkdirTemp("", "mailpulse-bench-live-")
+	env, err := newEnv(4000, apikey.Viewer)
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
-	srv, err := broker.Start(broker.Config{StoreDir: dir, Name: "bench"}, nil)
-	if err != nil {
-		return err
-	}
-	defer srv.Shutdown()
-	nc, err := srv.Connect()
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	ctx := context.Background()
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(4000))
-	if err != nil {
-		return err
-	}
-	if err := bus.Provision(ctx, js, bus.Limits{}, nil); err != nil {
-		return err
-	}
-	kv, _ := js.KeyValue(ctx, bus.BucketKeys)
-	kctx, cancelKeys := context.WithCancel(ctx)
-	defer cancelKeys()
-	keys, err := apikey.Open(kctx, kv, nil)
-	if err != nil {
-		return err
-	}
-	key, _, err := keys.Create(ctx, "bench", apikey.Viewer)
-	if err != nil {
-		return err
-	}
+	defer env.close()
+	ctx, nc, js, keys, key := context.Background(), env.nc, env.js, env.keys, env.key
 	gw, err := livegateway.New(ctx, livegateway.Config{Addr: "127.0.0.1:0", MaxStreams: 10_000, MaxStreamsPerKey: 10_000, QueueSize: 4096},
 		livegateway.Deps{Conn: nc, Keys: keys, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
