@@ -44,6 +44,7 @@ func (s *Service) consumeMetrics(ctx context.Context) error {
 			}
 			var msgs []jetstream.Msg
 			var recs []store.SnapshotRecord
+			var dlErr error
 			for m := range batch.Messages() {
 				msgs = append(msgs, m)
 				meta, err := m.Metadata()
@@ -52,14 +53,20 @@ func (s *Service) consumeMetrics(ctx context.Context) error {
 				}
 				snap, err := metric.Unmarshal(m.Data())
 				if err != nil {
-					_ = s.deadLetter(ctx, m, meta.Sequence.Stream, err)
+					// A snapshot that cannot be dead-lettered is not acknowledged either.
+					if derr := s.deadLetter(ctx, m, meta.Sequence.Stream, err); derr != nil && dlErr == nil {
+						dlErr = derr
+					}
 					continue
 				}
 				recs = append(recs, store.SnapshotRecord{Seq: meta.Sequence.Stream, Snapshot: snap})
 			}
-			wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-			err = s.st.WriteSnapshots(wctx, recs)
-			cancel()
+			err = dlErr
+			if err == nil {
+				wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+				err = s.st.WriteSnapshots(wctx, recs)
+				cancel()
+			}
 			for _, m := range msgs {
 				if err != nil {
 					_ = m.NakWithDelay(5 * time.Second)

@@ -108,7 +108,7 @@ func (s *Service) eventStream(fm format) fiber.Handler {
 func (s *Service) serve(w *bufio.Writer, cl *client, fm format, from resumePoint, subjects []string) string {
 	last := s.hub.register(cl)
 	defer s.hub.unregister(cl)
-	sw := &sseWriter{w: w, fm: fm, batch: s.cfg.StalwartBatch}
+	sw := &sseWriter{w: w, fm: fm}
 	sw.comment("connected")
 	sw.raw("retry: 2000\n\n")
 	if fm == formatStalwart16 {
@@ -328,7 +328,6 @@ func (s *Service) replay(w *bufio.Writer, sw *sseWriter, cl *client, from resume
 type sseWriter struct {
 	w       *bufio.Writer
 	fm      format
-	batch   time.Duration
 	items   []byte // the JSON array being gathered (Stalwart formats)
 	count   int
 	lastSeq uint64

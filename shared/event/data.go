@@ -239,28 +239,6 @@ func CamelKey(k string) string {
 	return string(b)
 }
 
-// KebabKey turns a camelCase key (remoteIp) into kebab-case (remote-ip).
-func KebabKey(k string) string {
-	var b []byte
-	for i := 0; i < len(k); i++ {
-		c := k[i]
-		if c >= 'A' && c <= 'Z' {
-			if b == nil {
-				b = append(make([]byte, 0, len(k)+4), k[:i]...)
-			}
-			b = append(b, '-', c+('a'-'A'))
-			continue
-		}
-		if b != nil {
-			b = append(b, c)
-		}
-	}
-	if b == nil {
-		return k
-	}
-	return string(b)
-}
-
 // NormalizeKeys rewrites kebab-case and snake_case keys as camelCase, recursing into nested
 // events' data, and returns d unchanged (no copy) when there is nothing to rewrite. When
 // two keys collide after rewriting, the first one wins. d must be valid JSON.

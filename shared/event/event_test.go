@@ -281,11 +281,6 @@ func TestKeys(t *testing.T) {
 			t.Errorf("CamelKey(%q) = %q, want %q", in, got, want)
 		}
 	}
-	for in, want := range map[string]string{"remoteIp": "remote-ip", "accountName": "account-name", "to": "to"} {
-		if got := KebabKey(in); got != want {
-			t.Errorf("KebabKey(%q) = %q, want %q", in, got, want)
-		}
-	}
 	d, err := Pairs("remote-ip", netip.MustParseAddr("::1"), "size", 3, "ok", true, "when", time.Unix(0, 0))
 	if err != nil {
 		t.Fatal(err)
