@@ -405,8 +405,8 @@ func DeadLetter(ctx context.Context, js jetstream.JetStream, service, consumer, 
 // consumerMetrics are the same for every consumer, told apart by the consumer label.
 type consumerMetrics struct {
 	processed, skipped, dead, retried, ackErrors, writeErrors, restarts prometheus.Counter
-	pending                                                              prometheus.Gauge
-	batchSeconds                                                         prometheus.Histogram
+	pending                                                             prometheus.Gauge
+	batchSeconds                                                        prometheus.Histogram
 }
 
 func newConsumerMetrics(reg prometheus.Registerer, consumer string) (*consumerMetrics, error) {
