@@ -276,7 +276,7 @@ func (s *Service) createKey(c *fiber.Ctx) error {
 	switch {
 	case errors.Is(err, apikey.ErrTooMany):
 		return deny(c, fiber.StatusConflict, err.Error())
-	case err != nil && strings.HasPrefix(err.Error(), "name:"):
+	case errors.Is(err, apikey.ErrInvalidName):
 		return deny(c, fiber.StatusBadRequest, err.Error())
 	case err != nil:
 		return deny(c, fiber.StatusServiceUnavailable, err.Error())

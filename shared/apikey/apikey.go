@@ -162,11 +162,29 @@ func randomToken(n int) string {
 	return strings.ToLower(b32.EncodeToString(b))
 }
 
+// Errors of Check.
+var (
+	// ErrUnauthenticated: no key, or one that is not stored (never known, or revoked).
+	ErrUnauthenticated = errors.New("missing or invalid API key")
+	// ErrForbidden: a valid key whose role does not allow the request.
+	ErrForbidden = errors.New("this key's role does not allow the request")
+	// ErrInvalidName: a key name that Create refuses.
+	ErrInvalidName = errors.New("invalid key name")
+)
+
 // Authenticate returns the key plain belongs to, if it is stored and has one of the roles
 // (admin always qualifies).
 func (s *Store) Authenticate(plain string, roles ...Role) (Key, bool) {
+	k, err := s.Check(plain, roles...)
+	return k, err == nil
+}
+
+// Check returns the key plain belongs to: ErrUnauthenticated when it is not a stored key,
+// ErrForbidden when it is one without any of the roles (admin always qualifies; no roles:
+// any key). The comparison takes the same time whichever byte differs.
+func (s *Store) Check(plain string, roles ...Role) (Key, error) {
 	if plain == "" || len(plain) > 512 {
-		return Key{}, false
+		return Key{}, ErrUnauthenticated
 	}
 	sum := sha256.Sum256([]byte(plain))
 	var candidates []Key
@@ -184,16 +202,16 @@ func (s *Store) Authenticate(plain string, roles ...Role) (Key, bool) {
 			continue
 		}
 		if k.Role == Admin || len(roles) == 0 {
-			return k, true
+			return k, nil
 		}
 		for _, r := range roles {
 			if k.Role == r {
-				return k, true
+				return k, nil
 			}
 		}
-		return Key{}, false
+		return Key{}, fmt.Errorf("%w: a %s key", ErrForbidden, k.Role)
 	}
-	return Key{}, false
+	return Key{}, ErrUnauthenticated
 }
 
 func parseID(plain string) (string, bool) {
@@ -216,7 +234,7 @@ func (s *Store) create(ctx context.Context, id, name string, role Role) (string,
 		return "", Key{}, err
 	}
 	if len(name) > maxNameLen {
-		return "", Key{}, fmt.Errorf("name: longer than %d characters", maxNameLen)
+		return "", Key{}, fmt.Errorf("%w: longer than %d characters", ErrInvalidName, maxNameLen)
 	}
 	if len(s.List()) >= MaxKeys {
 		return "", Key{}, ErrTooMany
