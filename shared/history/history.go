@@ -105,6 +105,7 @@ type SpanReply struct {
 	Span   *Span    `json:"span,omitempty"`
 	Events []Stored `json:"events,omitempty"`
 	Error  string   `json:"error,omitempty"`
+	Code   int      `json:"code,omitempty"` // the HTTP status an error maps to (404: no such span)
 }
 
 // SpansRequest searches sessions (SubjectSpans): started in [From, To], of a kind (the
