@@ -1,21 +1,36 @@
 package livegateway
 
-import "time"
+import (
+	"errors"
+	"net/url"
+	"time"
 
-// Config configures the gateway. Zero fields take the defaults in parentheses.
+	"github.com/mailpulse/mailpulse/shared/config"
+)
+
+// Config is the gateway's settings, under gateway.* in the configuration (its listen
+// address is the top-level http_addr). Zero fields take the defaults of DefaultConfig.
 type Config struct {
-	Addr             string        // listen address (":8080")
-	Heartbeat        time.Duration // comment sent on idle streams, so dead clients are found (15 s)
-	QueueSize        int           // frames waiting for one slow stream (1024)
-	MaxStreams       int           // open streams in total (1000)
-	MaxStreamsPerKey int           // open streams per API key (20)
+	Addr             string        `koanf:"http_addr" top:"true" help:"listen address of the gateway (API, live streams, dashboard)"`
+	Heartbeat        time.Duration `koanf:"heartbeat" help:"comment sent on idle streams so dead clients are noticed"`
+	QueueSize        int           `koanf:"queue_size" help:"events waiting for one slow stream before it loses some"`
+	MaxStreams       int           `koanf:"max_streams" help:"open streams in total (429 past it)"`
+	MaxStreamsPerKey int           `koanf:"max_streams_per_key" help:"open streams per API key (429 past it)"`
+	CORSOrigins      []string      `koanf:"cors_origins" help:"comma-separated browser origins allowed to call the API (empty: none)"`
+
 	// Hopeless is how long a stream may keep losing frames before it is closed (30 s).
-	Hopeless time.Duration
+	Hopeless time.Duration `koanf:"-"`
 	// StalwartBatch is how long the Stalwart-compatible streams gather events before a
 	// frame, as Stalwart does (1 s).
-	StalwartBatch time.Duration
-	CORSOrigins   []string // allowed browser origins; none: no CORS headers
-	Grace         time.Duration
+	StalwartBatch time.Duration `koanf:"-"`
+	Grace         time.Duration `koanf:"-"` // bound of a graceful stop (shutdown.grace)
+}
+
+// DefaultConfig returns the defaults.
+func DefaultConfig() Config {
+	var c Config
+	c.setDefaults()
+	return c
 }
 
 func (c *Config) setDefaults() {
@@ -43,4 +58,31 @@ func (c *Config) setDefaults() {
 	if c.Grace == 0 {
 		c.Grace = 15 * time.Second
 	}
+}
+
+// Validate reports every problem at once, each under its key.
+func (c *Config) Validate() error {
+	var errs []error
+	add := func(key, format string, a ...any) { errs = append(errs, config.Problem(key, format, a...)) }
+	if err := config.CheckAddr(c.Addr); err != nil {
+		add("http_addr", "%q: %v", c.Addr, err)
+	}
+	if c.Heartbeat < 100*time.Millisecond || c.Heartbeat > 5*time.Minute {
+		add("heartbeat", "want 100ms to 5m")
+	}
+	if c.QueueSize < 16 || c.QueueSize > 1_000_000 {
+		add("queue_size", "want 16 to 1000000")
+	}
+	if c.MaxStreams < 1 {
+		add("max_streams", "at least 1")
+	}
+	if c.MaxStreamsPerKey < 1 {
+		add("max_streams_per_key", "at least 1")
+	}
+	for _, o := range c.CORSOrigins {
+		if u, err := url.Parse(o); o != "*" && (err != nil || u.Scheme == "" || u.Host == "") {
+			add("cors_origins", "%q: want an origin such as https://admin.example.org", o)
+		}
+	}
+	return errors.Join(errs...)
 }
