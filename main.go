@@ -17,7 +17,6 @@ import (
 
 	"github.com/mailpulse/mailpulse/internal/app"
 	"github.com/mailpulse/mailpulse/internal/bench"
-	"github.com/mailpulse/mailpulse/shared/config"
 )
 
 func main() {
@@ -52,8 +51,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 			return rebuild(args[1:], environ, stdout, stderr)
 		}
 	}
-	loader := config.NewLoader(role)
-	cfg, err := loader.Load(args, environ)
+	set, loader, err := app.Load(role, args, environ)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, usage)
 		fmt.Fprint(stdout, loader.Usage())
@@ -66,14 +64,14 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
-	log := cfg.Logger(stderr)
-	if cfg.MemoryLimit > 0 && !hasEnv(environ, "GOMEMLIMIT") {
-		debug.SetMemoryLimit(cfg.MemoryLimit)
+	log := set.Process.Logger(stderr)
+	if set.Process.MemoryLimit > 0 && !hasEnv(environ, "GOMEMLIMIT") {
+		debug.SetMemoryLimit(set.Process.MemoryLimit)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	log.Info("starting", "role", role, "settings", cfg.Redacted())
-	err = app.Run(ctx, role, cfg, log, func(r app.Ready) { app.PrintBanner(stdout, r) })
+	log.Info("starting", "role", role, "settings", set.Redacted())
+	err = app.Run(ctx, role, set, log, func(r app.Ready) { app.PrintBanner(stdout, r) })
 	if err != nil {
 		log.Error("stopped", "err", err)
 		return 1
@@ -85,7 +83,7 @@ func run(args, environ []string, stdout, stderr io.Writer) int {
 // rebuild is "mailpulse archiver rebuild": the history recreated from the log.
 func rebuild(args, environ []string, stdout, stderr io.Writer) int {
 	// The settings of all mode: the embedded log is used when no external NATS is given.
-	cfg, err := config.NewLoader("all").Load(args, environ)
+	set, _, err := app.Load("all", args, environ)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(stdout, "usage: mailpulse archiver rebuild [--data-dir DIR] [--nats-url URL …]\n  recreates the history from the log; stop mailpulse first when it runs the embedded server")
 		return 0
@@ -96,7 +94,7 @@ func rebuild(args, environ []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := app.Rebuild(ctx, cfg, cfg.Logger(stderr), stdout); err != nil {
+	if err := app.Rebuild(ctx, set, set.Process.Logger(stderr), stdout); err != nil {
 		fmt.Fprintln(stderr, "mailpulse archiver rebuild:", err)
 		return 1
 	}

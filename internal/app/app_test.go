@@ -14,12 +14,12 @@ import (
 	"github.com/mailpulse/mailpulse/internal/app"
 	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/bus"
-	"github.com/mailpulse/mailpulse/shared/config"
+	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
 func runAll(t *testing.T, dataDir string, env []string) (app.Ready, func()) {
 	t.Helper()
-	cfg, err := config.NewLoader("all").Load(nil, append([]string{"MAILPULSE_DATA_DIR=" + dataDir, "MAILPULSE_INGEST_ADDR=127.0.0.1:0",
+	set, _, err := app.Load("all", nil, append([]string{"MAILPULSE_DATA_DIR=" + dataDir, "MAILPULSE_INGEST_ADDR=127.0.0.1:0",
 		"MAILPULSE_HTTP_ADDR=127.0.0.1:0", "MAILPULSE_NATS_LISTEN=127.0.0.1:0", "MAILPULSE_SHUTDOWN_GRACE=5s"}, env...))
 	if err != nil {
 		t.Fatal(err)
@@ -28,7 +28,7 @@ func runAll(t *testing.T, dataDir string, env []string) (app.Ready, func()) {
 	readyCh := make(chan app.Ready, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- app.Run(ctx, "all", cfg, cfg.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
+		done <- app.Run(ctx, "all", set, set.Process.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
 	}()
 	select {
 	case r := <-readyCh:
@@ -70,8 +70,12 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`[{"id":"e2e-1","type":"e2e.marker"}]`))
 	req.Header.Set("Authorization", "Bearer "+r.IngestKey)
 	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != 202 {
-		t.Fatalf("ingest = %v %v", resp.StatusCode, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Fatalf("ingest = %v", resp.StatusCode)
 	}
 
 	// The event becomes searchable through the gateway, answered by the archiver.
@@ -86,17 +90,10 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	deadline0 := time.Now().Add(20 * time.Second)
-	for {
+	poll.Until(t, "the event to be searchable", func() bool {
 		code, body := search("types=e2e.*")
-		if code == 200 && strings.Contains(body, `"id":"e2e-1"`) {
-			break
-		}
-		if time.Now().After(deadline0) {
-			t.Fatalf("event not searchable: %d %s", code, body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return code == 200 && strings.Contains(body, `"id":"e2e-1"`)
+	})
 	if code, body := search("from=2026-11-21T10:00:00Z&to=2026-11-20T10:00:00Z"); code != 400 || !strings.Contains(body, "reversed") {
 		t.Errorf("reversed range: %d %s", code, body)
 	}
@@ -107,8 +104,13 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 		{"type":"queue.message-queued","data":{"spanId":"e2e-span","queueId":"e2e-q1","from":"x@example.com","to":["zoe@example.org"]}}]`
 	req, _ = http.NewRequest(http.MethodPost, url, strings.NewReader(session))
 	req.Header.Set("Authorization", "Bearer "+r.IngestKey)
-	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 202 {
-		t.Fatalf("ingest session: %v %v", resp.StatusCode, err)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Fatalf("ingest session: %v", resp.StatusCode)
 	}
 	stalwart := func(path string) (int, string) {
 		req, _ := http.NewRequest(http.MethodGet, "http://"+r.HTTPAddr.String()+path, nil)
@@ -121,17 +123,10 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	deadline1 := time.Now().Add(20 * time.Second)
-	for {
+	poll.Until(t, "/api/telemetry/traces?queue_id=… to find the session", func() bool {
 		code, body := stalwart("/api/telemetry/traces?queue_id=e2e-q1")
-		if code == 200 && body == `{"data":{"items":["e2e-span"],"total":1}}` {
-			break
-		}
-		if time.Now().After(deadline1) {
-			t.Fatalf("/api/telemetry/traces?queue_id=…: %d %s", code, body)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return code == 200 && body == `{"data":{"items":["e2e-span"],"total":1}}`
+	})
 	if code, body := stalwart("/api/telemetry/traces?filter=zoe@example.org&type=smtp.connection-start&values=1"); code != 200 ||
 		!strings.Contains(body, `"type":"queue.message-queued"`) || !strings.Contains(body, `"text":"Message queued for delivery"`) || !strings.Contains(body, `"total":1`) {
 		t.Errorf("traces with values: %d %s", code, body)
@@ -144,17 +139,10 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 	}
 
 	// Metric history: the producer's snapshots (every second here) reach the archiver.
-	deadline2 := time.Now().Add(30 * time.Second)
-	for {
+	poll.Until(t, "metric history of the simulated counters", func() bool {
 		code, body := stalwart("/api/v1/metrics/history?metrics=smtp.*&step=10s&from=" + time.Now().Add(-5*time.Minute).UTC().Format(time.RFC3339))
-		if code == 200 && strings.Contains(body, `"metric":"smtp.connection-start","kind":"counter"`) {
-			break
-		}
-		if time.Now().After(deadline2) {
-			t.Fatalf("metric history: %d %s", code, body)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+		return code == 200 && strings.Contains(body, `"metric":"smtp.connection-start","kind":"counter"`)
+	})
 	if code, body := stalwart("/api/telemetry/metrics?after=" + time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)); code != 200 || !strings.Contains(body, `"type":"counter","value"`) && !strings.Contains(body, `"type":"counter"`) {
 		t.Errorf("Stalwart metrics history: %d %.300s", code, body)
 	}
@@ -186,13 +174,7 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 		}
 		return info.State.Msgs
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for count() < 100 {
-		if time.Now().After(deadline) {
-			t.Fatalf("simulated events do not accumulate: %d", count())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	poll.Until(t, "simulated events to accumulate", func() bool { return count() >= 100 })
 	nc.Close()
 	stop()
 	r2, stop2 := runAll(t, dir, []string{"MAILPULSE_SIMULATE=0"})
@@ -204,8 +186,12 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 	req, _ = http.NewRequest(http.MethodPost, "http://"+r2.IngestAddr.String()+"/api/v1/events", strings.NewReader(`[{"id":"e2e-1","type":"e2e.marker"}]`))
 	req.Header.Set("Authorization", "Bearer "+r.IngestKey)
 	resp, err = http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != 202 {
-		t.Fatalf("ingest with the first start's key = %v %v", resp.StatusCode, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 202 {
+		t.Fatalf("ingest with the first start's key = %v", resp.StatusCode)
 	}
 	nc, err = nats.Connect(r2.NATSURL, nats.UserInfo(r.NATSUser, r.NATSPass), nats.Timeout(20*time.Second))
 	if err != nil {
@@ -224,7 +210,7 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 }
 
 func TestOtherRolesNeedAnExternalNATS(t *testing.T) {
-	_, err := config.NewLoader("producer").Load(nil, nil)
+	_, _, err := app.Load("producer", nil, nil)
 	if err == nil || !strings.Contains(err.Error(), "nats.url") {
 		t.Errorf("producer without nats.url: %v", err)
 	}
@@ -232,7 +218,7 @@ func TestOtherRolesNeedAnExternalNATS(t *testing.T) {
 
 func TestArchiverRoleServesHealthAndMetrics(t *testing.T) {
 	srv := brokertest.StartTCP(t)
-	cfg, err := config.NewLoader("archiver").Load(nil, []string{"MAILPULSE_DATA_DIR=" + t.TempDir(), "MAILPULSE_HTTP_ADDR=127.0.0.1:0",
+	set, _, err := app.Load("archiver", nil, []string{"MAILPULSE_DATA_DIR=" + t.TempDir(), "MAILPULSE_ARCHIVER_ADDR=127.0.0.1:0",
 		"MAILPULSE_NATS_URL=" + srv.ClientURL(), "MAILPULSE_NATS_USER=" + brokertest.User, "MAILPULSE_NATS_PASSWORD=" + brokertest.Password})
 	if err != nil {
 		t.Fatal(err)
@@ -241,7 +227,7 @@ func TestArchiverRoleServesHealthAndMetrics(t *testing.T) {
 	readyCh := make(chan app.Ready, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- app.Run(ctx, "archiver", cfg, cfg.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
+		done <- app.Run(ctx, "archiver", set, set.Process.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
 	}()
 	defer func() { cancel(); <-done }()
 	var r app.Ready
@@ -255,8 +241,12 @@ func TestArchiverRoleServesHealthAndMetrics(t *testing.T) {
 	base := "http://" + r.HTTPAddr.String()
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 401} {
 		resp, err := http.Get(base + path)
-		if err != nil || resp.StatusCode != want {
-			t.Errorf("GET %s = %v %v, want %d", path, resp.StatusCode, err, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s = %v, want %d", path, resp.StatusCode, want)
 		}
 	}
 	req, _ := http.NewRequest(http.MethodGet, base+"/metrics", nil)
@@ -266,7 +256,24 @@ func TestArchiverRoleServesHealthAndMetrics(t *testing.T) {
 		t.Fatalf("/metrics with a key: %v %v", resp.StatusCode, err)
 	}
 	b, _ := io.ReadAll(resp.Body)
-	if !strings.Contains(string(b), "mailpulse_archiver_store_bytes") {
+	resp.Body.Close()
+	if !strings.Contains(string(b), "mailpulse_archiver_store_bytes") || !strings.Contains(string(b), "go_goroutines") ||
+		!strings.Contains(string(b), "mailpulse_consumer_processed_total") {
 		t.Error("/metrics lacks the archiver's store size")
+	}
+}
+
+// A bad setting stops start-up with its reason, together with every other problem; before,
+// a bad keep pattern started an archiver that acknowledged every event and stored none.
+func TestBadSettingsStopStartUp(t *testing.T) {
+	_, _, err := app.Load("all", nil, []string{"MAILPULSE_ARCHIVER_INCLUDE=SMTP.*,auth.failed", "MAILPULSE_GATEWAY_HEARTBEAT=1ms",
+		"MAILPULSE_INGEST_MAX_BATCH=0", "MAILPULSE_ARCHIVER_MIN_LEVEL=loud"})
+	if err == nil {
+		t.Fatal("Load accepted bad settings")
+	}
+	for _, want := range []string{`archiver.include: types: pattern "SMTP.*"`, "gateway.heartbeat:", "ingest.max_batch:", "archiver.min_level:"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
 	}
 }

@@ -94,7 +94,7 @@ func ingest(args []string, out io.Writer) error {
 
 	pctx, stop := context.WithCancel(ctx)
 	defer stop()
-	prod, err := producer.New(producer.Config{Addr: "127.0.0.1:0", MaxBatch: *batch, Timeout: 30 * time.Second, MetricsInterval: time.Hour},
+	prod, err := producer.New(producer.Config{Addr: "127.0.0.1:0", Ingest: producer.Ingest{MaxBatch: *batch, Timeout: 30 * time.Second}, Metrics: producer.Metrics{Interval: time.Hour}},
 		producer.Deps{Conn: nc, Publisher: pub, Keys: keys, Log: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return err

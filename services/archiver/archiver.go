@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -23,63 +22,8 @@ import (
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/history"
+	"github.com/mailpulse/mailpulse/shared/metric"
 )
-
-// Config configures the archiver. Zero fields take the defaults in parentheses.
-type Config struct {
-	Consumer  string        // durable consumer name, shared by replicas ("archiver")
-	BatchSize int           // events per transaction (1000)
-	MaxWait   time.Duration // longest an event waits for its batch to fill (250 ms)
-	// Keep decides what is stored: a minimum level and type patterns to include (none: all)
-	// and exclude. Events not kept are acknowledged without being stored.
-	MinLevel         event.Level
-	Include          []string
-	Exclude          []string
-	Retention        time.Duration // events older than this are dropped, by whole days (30 days)
-	MetricsRetention time.Duration // metric snapshots older than this are dropped (90 days)
-	Grace            time.Duration // bound of a graceful stop (15 s)
-}
-
-func (c *Config) setDefaults() {
-	if c.Consumer == "" {
-		c.Consumer = "archiver"
-	}
-	if c.BatchSize == 0 {
-		c.BatchSize = 1000
-	}
-	if c.MaxWait == 0 {
-		c.MaxWait = 250 * time.Millisecond
-	}
-	if c.Retention == 0 {
-		c.Retention = 30 * 24 * time.Hour
-	}
-	if c.MetricsRetention == 0 {
-		c.MetricsRetention = 90 * 24 * time.Hour
-	}
-	if c.Grace == 0 {
-		c.Grace = 15 * time.Second
-	}
-}
-
-func (c *Config) keep(e *event.Event) bool {
-	if e.Level < c.MinLevel {
-		return false
-	}
-	for _, p := range c.Exclude {
-		if history.MatchType(p, e.Type) {
-			return false
-		}
-	}
-	if len(c.Include) == 0 {
-		return true
-	}
-	for _, p := range c.Include {
-		if history.MatchType(p, e.Type) {
-			return true
-		}
-	}
-	return false
-}
 
 // Deps are what the archiver uses but does not own.
 type Deps struct {
@@ -97,11 +41,16 @@ type Service struct {
 	st      store.Store
 	log     *slog.Logger
 	metrics *archiverMetrics
+	events  *bus.BatchConsumer[store.Record]
+	snaps   *bus.BatchConsumer[store.SnapshotRecord]
 }
 
 // New prepares an archiver.
 func New(cfg Config, deps Deps) (*Service, error) {
 	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("archiver: %w", err)
+	}
 	if deps.Conn == nil || deps.Store == nil {
 		return nil, errors.New("archiver: Conn and Store are required")
 	}
@@ -117,11 +66,26 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{cfg: cfg, nc: deps.Conn, js: js, st: deps.Store, log: deps.Log}
 	s.metrics = newArchiverMetrics(deps.Registry, s)
+	common := bus.BatchConsumerConfig{Service: "archiver", Grace: cfg.Grace, Log: deps.Log, Registry: deps.Registry}
+	ec := common
+	ec.Stream, ec.Durable, ec.Subjects = bus.StreamEvents, cfg.Consumer, []string{bus.SubjectEvents}
+	ec.Description = "the archiver: every event into the history store"
+	ec.BatchSize, ec.MaxWait = cfg.BatchSize, cfg.MaxWait
+	if s.events, err = bus.NewBatchConsumer(js, ec, bus.BatchHandler[store.Record]{Decode: s.decodeEvent, Write: s.st.Write}); err != nil {
+		return nil, err
+	}
+	mc := common
+	mc.Stream, mc.Durable, mc.Subjects = bus.StreamMetrics, cfg.Consumer+"-metrics", []string{bus.SubjectMetrics}
+	mc.Description = "the archiver: metric snapshots into the history"
+	mc.BatchSize, mc.MaxWait = 100, time.Second
+	if s.snaps, err = bus.NewBatchConsumer(js, mc, bus.BatchHandler[store.SnapshotRecord]{Decode: decodeSnapshot, Write: s.st.WriteSnapshots}); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
-// Run archives and answers queries until ctx ends; the batch in hand is written (or left
-// unacknowledged) before it returns.
+// Run archives and answers queries until ctx ends; the batch being written is finished
+// (within the grace period) and the ones fetched after it are handed back.
 func (s *Service) Run(ctx context.Context) error {
 	// Answer queries before anything else, so a started archiver is never "no responders".
 	subs, err := s.subscribe(ctx)
@@ -134,8 +98,8 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.consume(gctx) })
-	g.Go(func() error { return s.consumeMetrics(gctx) })
+	g.Go(func() error { return s.events.Run(gctx) })
+	g.Go(func() error { return s.snaps.Run(gctx) })
 	g.Go(func() error { return s.retention(gctx) })
 	err = g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -144,175 +108,25 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-func (s *Service) consumer(ctx context.Context) (jetstream.Consumer, error) {
-	return s.js.CreateOrUpdateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
-		Durable:       s.cfg.Consumer,
-		Description:   "the archiver: every event into the history store",
-		FilterSubject: bus.SubjectEvents,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       time.Minute,
-		MaxAckPending: 4 * s.cfg.BatchSize,
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+// decodeEvent turns a message of the log into a record, or says it is not kept. An
+// undecodable event is a permanent failure: the consumer dead-letters it.
+func (s *Service) decodeEvent(d bus.Delivery) (store.Record, bool, error) {
+	e, err := event.Decode(d.Data)
+	if err != nil {
+		return store.Record{}, false, err
+	}
+	if !s.cfg.keep(&e) {
+		return store.Record{}, false, nil
+	}
+	return store.Record{Seq: d.Seq, Event: e}, true, nil
 }
 
-// consume reads the log in batches and stores them, until ctx ends. A batch that cannot be
-// stored is not acknowledged: it is delivered again after a back-off, so nothing is lost
-// while the store is unavailable, and nothing is stored twice (the sequence is the key).
-func (s *Service) consume(ctx context.Context) error {
-	wait := 200 * time.Millisecond
-	for ctx.Err() == nil {
-		cons, err := s.consumer(ctx)
-		if err != nil {
-			s.log.Warn("archiver consumer unavailable; retrying", "err", err, "retry_in", wait)
-			if !sleep(ctx, wait) {
-				return nil
-			}
-			wait = min(wait*2, 10*time.Second)
-			continue
-		}
-		wait = 200 * time.Millisecond
-		if err := s.loop(ctx, cons); err != nil && ctx.Err() == nil {
-			s.log.Warn("archiver consumer stopped; restarting", "err", err)
-			sleep(ctx, wait)
-		}
+func decodeSnapshot(d bus.Delivery) (store.SnapshotRecord, bool, error) {
+	snap, err := metric.Unmarshal(d.Data)
+	if err != nil {
+		return store.SnapshotRecord{}, false, err
 	}
-	return nil
-}
-
-// batch is a fetched batch, decoded: what to store, and every message to acknowledge
-// once it is stored.
-type batch struct {
-	msgs    []jetstream.Msg
-	recs    []store.Record
-	skipped int
-	dead    int
-}
-
-// loop fetches and decodes the next batch while the current one is written: the two stages
-// overlap on two cores. A batch is acknowledged only after its commit.
-func (s *Service) loop(ctx context.Context, cons jetstream.Consumer) error {
-	ch := make(chan batch, 1)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		defer close(ch)
-		for gctx.Err() == nil {
-			fetched, err := cons.Fetch(s.cfg.BatchSize, jetstream.FetchMaxWait(s.cfg.MaxWait))
-			if err != nil {
-				if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) {
-					continue
-				}
-				return err
-			}
-			var msgs []jetstream.Msg
-			for m := range fetched.Messages() {
-				msgs = append(msgs, m)
-			}
-			if len(msgs) == 0 {
-				continue
-			}
-			b, err := s.decode(gctx, msgs)
-			if err != nil {
-				for _, m := range msgs {
-					_ = m.NakWithDelay(time.Second)
-				}
-				return err
-			}
-			select {
-			case ch <- b:
-			case <-gctx.Done():
-				// Stopping: hand the batch back at once rather than after the ack wait.
-				for _, m := range msgs {
-					_ = m.Nak()
-				}
-				return nil
-			}
-		}
-		return nil
-	})
-	g.Go(func() error {
-		backoff := 500 * time.Millisecond
-		for b := range ch {
-			if err := s.commit(gctx, b); err != nil {
-				s.metrics.storeErrors.Inc()
-				s.log.Warn("batch not stored; it will be delivered again", "events", len(b.msgs), "err", err, "retry_in", backoff)
-				for _, m := range b.msgs {
-					_ = m.NakWithDelay(backoff)
-				}
-				backoff = min(backoff*2, 30*time.Second)
-				sleep(gctx, backoff/2)
-				continue
-			}
-			backoff = 500 * time.Millisecond
-		}
-		return nil
-	})
-	return g.Wait()
-}
-
-// decode turns fetched messages into records. Undecodable messages go to the dead-letter
-// stream with the reason; events the keep filters reject are only acknowledged.
-func (s *Service) decode(ctx context.Context, msgs []jetstream.Msg) (batch, error) {
-	b := batch{msgs: msgs, recs: make([]store.Record, 0, len(msgs))}
-	for _, m := range msgs {
-		meta, err := m.Metadata()
-		if err != nil {
-			b.dead++
-			continue
-		}
-		e, err := event.Decode(m.Data())
-		if err != nil {
-			if derr := s.deadLetter(ctx, m, meta.Sequence.Stream, err); derr != nil {
-				return batch{}, fmt.Errorf("dead-letter: %w", derr)
-			}
-			b.dead++
-			continue
-		}
-		if !s.cfg.keep(&e) {
-			b.skipped++
-			continue
-		}
-		b.recs = append(b.recs, store.Record{Seq: meta.Sequence.Stream, Event: e})
-	}
-	return b, nil
-}
-
-// commit writes a batch in one transaction, then acknowledges all its messages.
-func (s *Service) commit(ctx context.Context, b batch) error {
-	start := time.Now()
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	if err := s.st.Write(wctx, b.recs); err != nil {
-		return err
-	}
-	s.metrics.writeSeconds.Observe(time.Since(start).Seconds())
-	s.metrics.stored.Add(float64(len(b.recs)))
-	s.metrics.skipped.Add(float64(b.skipped))
-	s.metrics.dead.Add(float64(b.dead))
-	for _, m := range b.msgs {
-		_ = m.Ack()
-	}
-	return nil
-}
-
-func (s *Service) deadLetter(ctx context.Context, m jetstream.Msg, seq uint64, reason error) error {
-	_, subj := bus.DeadLetterStream("archiver")
-	dl := &nats.Msg{
-		Subject: subj[:len(subj)-1] + "undecodable",
-		Data:    m.Data(),
-		Header:  nats.Header{},
-	}
-	dl.Header.Set("Mailpulse-Reason", reason.Error())
-	dl.Header.Set("Mailpulse-Subject", m.Subject())
-	dl.Header.Set("Mailpulse-Sequence", strconv.FormatUint(seq, 10))
-	dl.Header.Set(jetstream.MsgIDHeader, "archiver-"+strconv.FormatUint(seq, 10))
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	_, err := s.js.PublishMsg(pctx, dl)
-	if err == nil {
-		s.log.Warn("undecodable event sent to the dead-letter stream", "seq", seq, "subject", m.Subject(), "err", reason)
-	}
-	return err
+	return store.SnapshotRecord{Seq: d.Seq, Snapshot: snap}, true, nil
 }
 
 // subscribe starts answering history requests, in the archivers' queue group.
@@ -398,7 +212,7 @@ func (s *Service) answerSpan(ctx context.Context, m *nats.Msg) {
 	var reply history.SpanReply
 	switch {
 	case errors.Is(err, store.ErrNotFound):
-		reply.Error = "not found"
+		reply.Error, reply.Code = "not found", 404
 	case err != nil:
 		reply.Error = err.Error()
 	default:
@@ -433,34 +247,19 @@ func (s *Service) retention(ctx context.Context) error {
 	}
 }
 
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
-}
-
+// archiverMetrics are the archiver's own; its consumers' (stored, skipped, dead letters,
+// write errors, lag) are the common ones of bus.BatchConsumer, labelled consumer="archiver"
+// and consumer="archiver-metrics".
 type archiverMetrics struct {
-	stored, skipped, dead, storeErrors prometheus.Counter
-	writeSeconds                       prometheus.Histogram
-	querySeconds                       *prometheus.HistogramVec
+	querySeconds *prometheus.HistogramVec
 }
 
-func newArchiverMetrics(reg *prometheus.Registry, s *Service) *archiverMetrics {
+func newArchiverMetrics(reg prometheus.Registerer, s *Service) *archiverMetrics {
 	m := &archiverMetrics{
-		stored:       prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_archiver_events_stored_total", Help: "Events written to the history store."}),
-		skipped:      prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_archiver_events_skipped_total", Help: "Events not kept (level or type filters)."}),
-		dead:         prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_archiver_dead_letters_total", Help: "Undecodable messages sent to the dead-letter stream."}),
-		storeErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_archiver_store_errors_total", Help: "Batches the store refused (they are delivered again)."}),
-		writeSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "mailpulse_archiver_write_seconds", Help: "Duration of one batch transaction."}),
 		querySeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mailpulse_archiver_query_seconds", Help: "Duration of history queries.", Buckets: []float64{.001, .0025, .005, .01, .02, .05, .1, .25, .5, 1, 2.5}}, []string{"kind"}),
 	}
-	reg.MustRegister(m.stored, m.skipped, m.dead, m.storeErrors, m.writeSeconds, m.querySeconds,
-		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailpulse_archiver_store_bytes", Help: "Size of the history store on disk."}, func() float64 {
+	reg.MustRegister(m.querySeconds,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailpulse_archiver_store_bytes", Help: "Size of the history store on disk (-1: the store did not answer)."}, func() float64 {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			st, err := s.st.Stats(ctx)

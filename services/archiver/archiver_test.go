@@ -19,9 +19,11 @@ import (
 	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
+	"github.com/mailpulse/mailpulse/shared/filter"
 	"github.com/mailpulse/mailpulse/shared/history"
 	"github.com/mailpulse/mailpulse/shared/metric"
 	"github.com/mailpulse/mailpulse/shared/pgtest"
+	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
 type harness struct {
@@ -96,13 +98,10 @@ func (h *harness) query(q history.Query) history.QueryReply {
 	var m *nats.Msg
 	var err error
 	// Right after a start the archiver may not answer yet.
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		if m, err = h.nc.Request(history.SubjectQuery, b, 5*time.Second); err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	if err != nil {
+	if !poll.Wait(10*time.Second, func() bool {
+		m, err = h.nc.Request(history.SubjectQuery, b, 5*time.Second)
+		return err == nil
+	}) {
 		h.t.Fatalf("history request: %v", err)
 	}
 	var r history.QueryReply
@@ -131,18 +130,21 @@ func (h *harness) count(q history.Query) int {
 
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
+	poll.Until(t, what, cond)
+}
+
+func types(t *testing.T, patterns ...string) filter.Types {
+	t.Helper()
+	ts, err := filter.ParseTypes(patterns)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return ts
 }
 
 func TestArchivesQueriesAndDeadLetters(t *testing.T) {
 	h := newHarness(t)
-	h.run(archiver.Config{Exclude: []string{"imap.*"}})
+	h.run(archiver.Config{Exclude: types(t, "imap.*")})
 	h.publish(1500, "smtp.rcpt-to", `{"spanId":"sp1","to":["bob@example.org"],"remoteIp":"203.0.113.7"}`, 0)
 	h.publish(10, "imap.fetch", `{}`, 2000)
 	// A message that is not an event, put straight on the subject.
@@ -278,8 +280,12 @@ func storeErrors(t *testing.T, reg *prometheus.Registry) float64 {
 		t.Fatal(err)
 	}
 	for _, mf := range mfs {
-		if mf.GetName() == "mailpulse_archiver_store_errors_total" {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+		if mf.GetName() == "mailpulse_consumer_write_errors_total" {
+			for _, m := range mf.GetMetric() {
+				if m.GetLabel()[0].GetValue() == "archiver" {
+					return m.GetCounter().GetValue()
+				}
+			}
 		}
 	}
 	return 0
@@ -356,4 +362,24 @@ func TestFullStoreSurfacesAndRecovers(t *testing.T) {
 		s, err := st.Stats(t.Context())
 		return err == nil && s.Events == 3000
 	})
+}
+
+// After a rebuild the archiver starts on the moved consumer and goes on archiving: the
+// consumer's start point is kept (JetStream refuses to change a deliver policy, and the
+// archiver used to loop on that refusal, storing nothing more).
+func TestArchiverContinuesAfterARebuild(t *testing.T) {
+	h := newHarness(t)
+	h.publish(300, "smtp.ehlo", `{}`, 0)
+	stop := h.run(archiver.Config{})
+	eventually(t, "300 archived", func() bool { return h.count(history.Query{}) == 300 })
+	stop()
+
+	dir := filepath.Dir(h.path)
+	rep, err := archiver.RebuildHistory(t.Context(), h.pub.JetStream(), archiver.DefaultConfig(), dir, nil)
+	if err != nil || rep.Events != 300 || rep.LastSeq != 300 {
+		t.Fatalf("RebuildHistory = %+v, %v; want 300 events up to 300", rep, err)
+	}
+	h.run(archiver.Config{})
+	h.publish(200, "smtp.ehlo", `{}`, 300)
+	eventually(t, "the 200 new events archived after the rebuild", func() bool { return h.count(history.Query{}) == 500 })
 }

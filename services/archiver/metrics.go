@@ -3,85 +3,17 @@ package archiver
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"sort"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/mailpulse/mailpulse/services/archiver/store"
-	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/history"
 	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
 // maxSnapshots bounds the snapshots one series request reads.
 const maxSnapshots = 200_000
-
-// consumeMetrics stores the METRICS snapshots until ctx ends, acknowledging after the write.
-func (s *Service) consumeMetrics(ctx context.Context) error {
-	wait := 200 * time.Millisecond
-	for ctx.Err() == nil {
-		cons, err := s.js.CreateOrUpdateConsumer(ctx, bus.StreamMetrics, jetstream.ConsumerConfig{
-			Durable: s.cfg.Consumer + "-metrics", Description: "the archiver: metric snapshots into the history",
-			FilterSubject: bus.SubjectMetrics, AckPolicy: jetstream.AckExplicitPolicy, AckWait: time.Minute, MaxAckPending: 1000,
-		})
-		if err != nil {
-			if !sleep(ctx, wait) {
-				return nil
-			}
-			wait = min(wait*2, 10*time.Second)
-			continue
-		}
-		for ctx.Err() == nil {
-			batch, err := cons.Fetch(100, jetstream.FetchMaxWait(time.Second))
-			if err != nil {
-				if errors.Is(err, jetstream.ErrNoMessages) || errors.Is(err, context.DeadlineExceeded) {
-					continue
-				}
-				break // recreate the consumer
-			}
-			var msgs []jetstream.Msg
-			var recs []store.SnapshotRecord
-			var dlErr error
-			for m := range batch.Messages() {
-				msgs = append(msgs, m)
-				meta, err := m.Metadata()
-				if err != nil {
-					continue
-				}
-				snap, err := metric.Unmarshal(m.Data())
-				if err != nil {
-					// A snapshot that cannot be dead-lettered is not acknowledged either.
-					if derr := s.deadLetter(ctx, m, meta.Sequence.Stream, err); derr != nil && dlErr == nil {
-						dlErr = derr
-					}
-					continue
-				}
-				recs = append(recs, store.SnapshotRecord{Seq: meta.Sequence.Stream, Snapshot: snap})
-			}
-			err = dlErr
-			if err == nil {
-				wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-				err = s.st.WriteSnapshots(wctx, recs)
-				cancel()
-			}
-			for _, m := range msgs {
-				if err != nil {
-					_ = m.NakWithDelay(5 * time.Second)
-				} else {
-					_ = m.Ack()
-				}
-			}
-			if err != nil {
-				s.log.Warn("metric snapshots not stored; they will be delivered again", "err", err)
-				sleep(ctx, time.Second)
-			}
-		}
-	}
-	return nil
-}
 
 func (s *Service) answerMetrics(ctx context.Context, m *nats.Msg) {
 	start := time.Now()

@@ -5,15 +5,106 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailpulse/mailpulse/services/archiver/store"
+	"github.com/mailpulse/mailpulse/services/archiver/store/postgres"
+	"github.com/mailpulse/mailpulse/services/archiver/store/sqlite"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/metric"
 )
+
+// OpenStore opens the configured history store: PostgreSQL, or the SQLite file
+// history.db in dataDir.
+func OpenStore(ctx context.Context, cfg Config, dataDir string) (store.Store, error) {
+	if cfg.Store == "postgresql" {
+		return postgres.Open(ctx, cfg.PostgresURL)
+	}
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data dir: %w", err)
+	}
+	return sqlite.Open(ctx, filepath.Join(dataDir, "history.db"))
+}
+
+// RebuildReport says what a rebuild did.
+type RebuildReport struct {
+	Events, Snapshots int
+	LastSeq           uint64
+	Where             string
+	Took              time.Duration
+}
+
+// RebuildHistory recreates the history from the log. SQLite: into a new file, swapped in
+// only when complete (the old one is kept as history.db.old). PostgreSQL: emptied, then
+// filled again (the archivers must be stopped; if it is interrupted, run it again). Then
+// both consumers are moved after the rebuilt points, so the archivers continue from there.
+func RebuildHistory(ctx context.Context, js jetstream.JetStream, cfg Config, dataDir string, log *slog.Logger) (RebuildReport, error) {
+	cfg.setDefaults()
+	start := time.Now()
+	var st store.Store
+	path := filepath.Join(dataDir, "history.db")
+	tmp := path + ".rebuild"
+	var err error
+	if cfg.Store == "postgresql" {
+		pg, err := postgres.Open(ctx, cfg.PostgresURL)
+		if err != nil {
+			return RebuildReport{}, err
+		}
+		if err := pg.Reset(ctx); err != nil {
+			pg.Close()
+			return RebuildReport{}, fmt.Errorf("empty the PostgreSQL history: %w", err)
+		}
+		st = pg
+	} else {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			_ = os.Remove(tmp + suffix)
+		}
+		if st, err = sqlite.Open(ctx, tmp); err != nil {
+			return RebuildReport{}, err
+		}
+	}
+	var rep RebuildReport
+	var lastSnap uint64
+	rep.Events, rep.LastSeq, err = Rebuild(ctx, js, st, cfg, log)
+	if err == nil {
+		rep.Snapshots, lastSnap, err = RebuildMetrics(ctx, js, st)
+	}
+	if cerr := st.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return rep, fmt.Errorf("rebuild: %w", err)
+	}
+	rep.Where = "PostgreSQL"
+	if cfg.Store != "postgresql" {
+		for _, suffix := range []string{"", "-wal", "-shm"} {
+			if _, err := os.Stat(path + suffix); err == nil {
+				if err := os.Rename(path+suffix, path+".old"+suffix); err != nil {
+					return rep, err
+				}
+			}
+			if _, err := os.Stat(tmp + suffix); err == nil {
+				if err := os.Rename(tmp+suffix, path+suffix); err != nil {
+					return rep, err
+				}
+			}
+		}
+		rep.Where = path + " (the previous file is " + path + ".old)"
+	}
+	if err := ResetConsumer(ctx, js, cfg.Consumer, rep.LastSeq); err != nil {
+		return rep, err
+	}
+	if err := ResetMetricsConsumer(ctx, js, cfg.Consumer, lastSnap); err != nil {
+		return rep, err
+	}
+	rep.Took = time.Since(start)
+	return rep, nil
+}
 
 // Rebuild replays the whole EVENTS log into st (a new, empty store), in batches, and
 // returns how many events were stored and the last sequence read. Events the keep filters
@@ -21,22 +112,6 @@ import (
 // after that sequence (ResetConsumer), so the archiver continues from there.
 func Rebuild(ctx context.Context, js jetstream.JetStream, st store.Store, cfg Config, log *slog.Logger) (stored int, last uint64, err error) {
 	cfg.setDefaults()
-	stream, err := js.Stream(ctx, bus.StreamEvents)
-	if err != nil {
-		return 0, 0, fmt.Errorf("stream %s: %w", bus.StreamEvents, err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
-	end := info.State.LastSeq
-	if end == 0 {
-		return 0, 0, nil
-	}
-	cons, err := js.OrderedConsumer(ctx, bus.StreamEvents, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.SubjectEvents}, DeliverPolicy: jetstream.DeliverAllPolicy})
-	if err != nil {
-		return 0, 0, err
-	}
 	recs := make([]store.Record, 0, cfg.BatchSize)
 	flush := func() error {
 		if len(recs) == 0 {
@@ -50,120 +125,76 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, st store.Store, cfg Co
 		return nil
 	}
 	progress := time.Now()
-	for last < end {
-		batch, err := cons.Fetch(cfg.BatchSize, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return stored, last, err
+	res, err := bus.ReadRange(ctx, js, bus.Range{Stream: bus.StreamEvents, OnGap: func(bus.Gap) error {
+		return nil // the log's retention dropped them while the rebuild ran: they are gone for good
+	}}, func(m bus.Message) error {
+		if e, err := event.Decode(m.Data); err == nil && cfg.keep(&e) {
+			recs = append(recs, store.Record{Seq: m.Seq, Event: e})
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			meta, err := m.Metadata()
-			if err != nil {
-				continue
+		if len(recs) == cap(recs) {
+			if err := flush(); err != nil {
+				return err
 			}
-			last = meta.Sequence.Stream
-			if e, err := event.Decode(m.Data()); err == nil && cfg.keep(&e) {
-				recs = append(recs, store.Record{Seq: last, Event: e})
-			}
-			if len(recs) == cap(recs) {
-				if err := flush(); err != nil {
-					return stored, last, err
-				}
-			}
-			if last >= end {
-				break
-			}
-		}
-		if got == 0 {
-			return stored, last, errors.New("the log stopped delivering before its end")
 		}
 		if log != nil && time.Since(progress) > 5*time.Second {
-			log.Info("rebuilding the history", "at_seq", last, "of", end, "stored", stored)
+			log.Info("rebuilding the history", "at_seq", m.Seq, "stored", stored)
 			progress = time.Now()
 		}
+		return nil
+	})
+	if err != nil {
+		return stored, res.Last, err
 	}
-	return stored, last, flush()
+	return stored, res.End, flush()
+}
+
+// RebuildMetrics replays the METRICS log into st and returns the snapshots stored and the
+// last sequence read; ResetMetricsConsumer continues from there.
+func RebuildMetrics(ctx context.Context, js jetstream.JetStream, st store.Store) (stored int, last uint64, err error) {
+	var recs []store.SnapshotRecord
+	flush := func() error {
+		if err := st.WriteSnapshots(ctx, recs); err != nil {
+			return err
+		}
+		stored += len(recs)
+		recs = recs[:0]
+		return nil
+	}
+	res, err := bus.ReadRange(ctx, js, bus.Range{Stream: bus.StreamMetrics, OnGap: func(bus.Gap) error { return nil }}, func(m bus.Message) error {
+		if snap, err := metric.Unmarshal(m.Data); err == nil {
+			recs = append(recs, store.SnapshotRecord{Seq: m.Seq, Snapshot: snap})
+		}
+		if len(recs) == 500 {
+			return flush()
+		}
+		return nil
+	})
+	if err != nil {
+		return stored, res.Last, err
+	}
+	return stored, res.End, flush()
 }
 
 // ResetConsumer recreates the archivers' durable consumer so that it delivers from the
 // sequence after last.
 func ResetConsumer(ctx context.Context, js jetstream.JetStream, name string, last uint64) error {
-	if name == "" {
-		name = "archiver"
-	}
-	if err := js.DeleteConsumer(ctx, bus.StreamEvents, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return fmt.Errorf("delete consumer %s: %w", name, err)
-	}
-	_, err := js.CreateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
-		Durable: name, FilterSubject: bus.SubjectEvents, AckPolicy: jetstream.AckExplicitPolicy,
-		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1,
-	})
-	return err
-}
-
-// RebuildMetrics replays the METRICS log into st and returns the snapshots stored and the
-// last sequence read; ResetConsumer with the metrics consumer's name continues from there.
-func RebuildMetrics(ctx context.Context, js jetstream.JetStream, st store.Store) (stored int, last uint64, err error) {
-	stream, err := js.Stream(ctx, bus.StreamMetrics)
-	if err != nil {
-		return 0, 0, fmt.Errorf("stream %s: %w", bus.StreamMetrics, err)
-	}
-	info, err := stream.Info(ctx)
-	if err != nil {
-		return 0, 0, err
-	}
-	end := info.State.LastSeq
-	if end == 0 || info.State.Msgs == 0 {
-		return 0, end, nil
-	}
-	cons, err := js.OrderedConsumer(ctx, bus.StreamMetrics, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.SubjectMetrics}})
-	if err != nil {
-		return 0, 0, err
-	}
-	for last < end {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return stored, last, err
-		}
-		var recs []store.SnapshotRecord
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			meta, err := m.Metadata()
-			if err != nil {
-				continue
-			}
-			last = meta.Sequence.Stream
-			if snap, err := metric.Unmarshal(m.Data()); err == nil {
-				recs = append(recs, store.SnapshotRecord{Seq: last, Snapshot: snap})
-			}
-			if last >= end {
-				break // do not wait for the rest of a batch that will never fill
-			}
-		}
-		if err := st.WriteSnapshots(ctx, recs); err != nil {
-			return stored, last, err
-		}
-		stored += len(recs)
-		if got == 0 {
-			return stored, last, errors.New("the metrics log stopped delivering before its end")
-		}
-	}
-	return stored, last, nil
+	return resetConsumer(ctx, js, bus.StreamEvents, bus.SubjectEvents, name, last)
 }
 
 // ResetMetricsConsumer recreates the metrics consumer to deliver after last.
 func ResetMetricsConsumer(ctx context.Context, js jetstream.JetStream, name string, last uint64) error {
-	if name == "" {
-		name = "archiver"
+	return resetConsumer(ctx, js, bus.StreamMetrics, bus.SubjectMetrics, name+"-metrics", last)
+}
+
+func resetConsumer(ctx context.Context, js jetstream.JetStream, stream, subject, name string, last uint64) error {
+	if name == "" || name == "-metrics" {
+		name = "archiver" + name
 	}
-	name += "-metrics"
-	if err := js.DeleteConsumer(ctx, bus.StreamMetrics, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+	if err := js.DeleteConsumer(ctx, stream, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 		return fmt.Errorf("delete consumer %s: %w", name, err)
 	}
-	_, err := js.CreateConsumer(ctx, bus.StreamMetrics, jetstream.ConsumerConfig{
-		Durable: name, FilterSubject: bus.SubjectMetrics, AckPolicy: jetstream.AckExplicitPolicy,
+	_, err := js.CreateConsumer(ctx, stream, jetstream.ConsumerConfig{
+		Durable: name, FilterSubjects: []string{subject}, AckPolicy: jetstream.AckExplicitPolicy,
 		DeliverPolicy: jetstream.DeliverByStartSequencePolicy, OptStartSeq: last + 1,
 	})
 	return err

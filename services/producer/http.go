@@ -6,7 +6,6 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
-	"fmt"
 	"net"
 	"os"
 	"strconv"
@@ -14,13 +13,12 @@ import (
 	"time"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/gofiber/fiber/v2/middleware/adaptor"
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
+	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
 
 // maxListedErrors bounds the per-event errors in one response.
@@ -33,95 +31,50 @@ type httpServer struct {
 
 func newHTTPServer(s *Service) *httpServer {
 	h := &httpServer{s: s}
-	h.app = fiber.New(fiber.Config{
-		AppName:               "mailpulse-producer",
-		BodyLimit:             s.cfg.MaxBodyBytes,
-		ReadTimeout:           30 * time.Second,
-		WriteTimeout:          30 * time.Second,
-		IdleTimeout:           2 * time.Minute,
-		DisableStartupMessage: true,
-		ErrorHandler: func(c *fiber.Ctx, err error) error {
-			code := fiber.StatusInternalServerError
-			var fe *fiber.Error
-			if errors.As(err, &fe) {
-				code = fe.Code
-			}
-			msg := err.Error()
-			if code == fiber.StatusRequestEntityTooLarge {
-				msg = fmt.Sprintf("body larger than %d bytes", s.cfg.MaxBodyBytes)
-			}
-			return c.Status(code).JSON(fiber.Map{"error": msg})
-		},
+	h.app = httpserver.New(httpserver.Config{
+		Name:         "mailpulse-producer",
+		BodyLimit:    s.cfg.Ingest.MaxBodyBytes,
+		WriteTimeout: 30 * time.Second,
+		Log:          s.log,
 	})
-	h.app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
-	h.app.Get("/readyz", h.ready)
-	h.app.Post("/api/v1/events", h.events)
+	httpserver.Health(h.app, s.deps.Keys, h.ready, s.deps.Registry)
+	h.app.Post("/api/v1/events", httpserver.RequireKey(s.deps.Keys, apikey.Ingest), h.events)
 	h.app.Post("/ingest/stalwart", h.stalwart)
-	metrics := adaptor.HTTPHandler(promhttp.HandlerFor(s.deps.Registry, promhttp.HandlerOpts{}))
-	h.app.Get("/metrics", func(c *fiber.Ctx) error {
-		if _, ok := h.s.deps.Keys.Authenticate(credential(c), apikey.Viewer); !ok {
-			return unauthorized(c)
-		}
-		return metrics(c)
-	})
 	return h
 }
 
-func (h *httpServer) serve(ln net.Listener) error { return h.app.Listener(ln) }
+func (h *httpServer) serve(ctx context.Context, ln net.Listener) error {
+	return httpserver.Serve(ctx, h.app, ln, h.s.cfg.Grace, nil)
+}
 
-func (h *httpServer) shutdown(ctx context.Context) error { return h.app.ShutdownWithContext(ctx) }
-
-func (h *httpServer) ready(c *fiber.Ctx) error {
+func (h *httpServer) ready() error {
 	if h.s.deps.Conn.Status() != nats.CONNECTED {
-		return c.Status(fiber.StatusServiceUnavailable).SendString("NATS not connected\n")
+		return errors.New("NATS not connected")
 	}
-	return c.SendString("ready\n")
-}
-
-// credential returns the key from "Authorization: Bearer <key>", or the password of
-// "Authorization: Basic …" (Stalwart's webhooks can send either; the user name is ignored).
-func credential(c *fiber.Ctx) string {
-	auth := c.Get(fiber.HeaderAuthorization)
-	scheme, value, _ := strings.Cut(auth, " ")
-	switch {
-	case strings.EqualFold(scheme, "Bearer"):
-		return strings.TrimSpace(value)
-	case strings.EqualFold(scheme, "Basic"):
-		raw, err := base64.StdEncoding.DecodeString(strings.TrimSpace(value))
-		if err != nil {
-			return ""
-		}
-		_, pass, _ := strings.Cut(string(raw), ":")
-		return pass
-	}
-	return ""
-}
-
-func unauthorized(c *fiber.Ctx) error {
-	c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="mailpulse", Basic realm="mailpulse"`)
-	return c.Status(fiber.StatusUnauthorized).JSON(fiber.Map{"error": "missing or invalid API key"})
+	return nil
 }
 
 // events is POST /api/v1/events: a JSON array or NDJSON of native events.
 func (h *httpServer) events(c *fiber.Ctx) error {
-	if _, ok := h.s.deps.Keys.Authenticate(credential(c), apikey.Ingest); !ok {
-		return unauthorized(c)
-	}
 	return h.accept(c, "events", event.SplitBatch, h.s.defaults.Parse)
 }
 
 // stalwart is POST /ingest/stalwart: Stalwart's webhook payload.
 func (h *httpServer) stalwart(c *fiber.Ctx) error {
-	if secret := h.s.cfg.StalwartSecret; secret != "" {
+	if secret := h.s.cfg.Stalwart.Secret; secret != "" {
 		if !validSignature(secret, c.Body(), c.Get("X-Signature")) {
 			c.Set(fiber.HeaderWWWAuthenticate, `Signature header="X-Signature"`)
 			return c.Status(fiber.StatusUnauthorized).JSON(fiber.Map{"error": "missing or invalid X-Signature"})
 		}
-	} else if _, ok := h.s.deps.Keys.Authenticate(credential(c), apikey.Ingest); !ok {
-		return unauthorized(c)
+	} else if _, err := h.s.deps.Keys.Check(httpserver.Credential(c), apikey.Ingest); err != nil {
+		status := fiber.StatusUnauthorized
+		if errors.Is(err, apikey.ErrForbidden) {
+			status = fiber.StatusForbidden
+		}
+		return httpserver.Error(c, status, err.Error())
 	}
 	d := h.s.defaults
-	d.Source = h.s.cfg.StalwartSource
+	d.Source = h.s.cfg.Stalwart.Source
 	if src := c.Query("source"); src != "" {
 		if err := event.ValidateSource(src); err != nil {
 			return c.Status(fiber.StatusBadRequest).JSON(fiber.Map{"error": "source parameter: " + err.Error()})
@@ -156,10 +109,10 @@ func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, in
 	defer func() {
 		h.s.metrics.duration.WithLabelValues(endpoint, strconv.Itoa(c.Response().StatusCode())).Observe(time.Since(start).Seconds())
 	}()
-	raw, err := split(c.Body(), h.s.cfg.MaxBatch)
+	raw, err := split(c.Body(), h.s.cfg.Ingest.MaxBatch)
 	if err != nil {
 		status := fiber.StatusBadRequest
-		if strings.Contains(err.Error(), "events in one batch") {
+		if errors.Is(err, event.ErrTooManyEvents) {
 			status = fiber.StatusRequestEntityTooLarge
 		}
 		return c.Status(status).JSON(fiber.Map{"error": err.Error()})
@@ -184,7 +137,7 @@ func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, in
 	if len(evs) == 0 {
 		return c.Status(fiber.StatusBadRequest).JSON(fiber.Map{"error": "no valid event in the batch", "accepted": 0, "rejected": rejectedCount, "errors": rejected})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), h.s.cfg.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), h.s.cfg.Ingest.Timeout)
 	defer cancel()
 	errs := make([]error, len(evs))
 	h.s.ingest(ctx, evs, errs)

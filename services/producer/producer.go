@@ -25,57 +25,6 @@ import (
 	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
-// Config configures the producer. Zero fields take the defaults in parentheses.
-type Config struct {
-	Addr           string        // listen address of the ingest API (":8081")
-	Source         string        // source of events that name none
-	MaxBodyBytes   int           // largest request body (16 MiB)
-	MaxBatch       int           // most events in one request (10000)
-	Timeout        time.Duration // longest a request waits for the log (10 s)
-	StalwartSecret string        // when set, Stalwart webhooks must carry a valid X-Signature
-	StalwartSource string        // source of Stalwart events ("stalwart")
-	Scrape         ScrapeConfig  // a Stalwart Prometheus endpoint; no URL: no scraping
-	// MetricsInterval is how often metric snapshots are published per source (10 s).
-	MetricsInterval time.Duration
-	Simulate        float64 // simulator rate in events/s; 0: off
-	SimulateSeed    int64
-	Grace           time.Duration // graceful shutdown bound (15 s)
-	Instance        string        // this process, in snapshots (host name and pid)
-}
-
-func (c *Config) setDefaults() {
-	if c.Addr == "" {
-		c.Addr = ":8081"
-	}
-	if c.MaxBodyBytes == 0 {
-		c.MaxBodyBytes = 16 << 20
-	}
-	if c.MaxBatch == 0 {
-		c.MaxBatch = 10_000
-	}
-	if c.Timeout == 0 {
-		c.Timeout = 10 * time.Second
-	}
-	if c.StalwartSource == "" {
-		c.StalwartSource = "stalwart"
-	}
-	if c.Scrape.Source == "" {
-		c.Scrape.Source = c.StalwartSource
-	}
-	if c.Scrape.Interval == 0 {
-		c.Scrape.Interval = 15 * time.Second
-	}
-	if c.MetricsInterval == 0 {
-		c.MetricsInterval = 10 * time.Second
-	}
-	if c.Grace == 0 {
-		c.Grace = 15 * time.Second
-	}
-	if c.Instance == "" {
-		c.Instance = defaultInstance()
-	}
-}
-
 // Deps are what the producer uses but does not own.
 type Deps struct {
 	Conn      *nats.Conn     // the caller closes it after Run returns
@@ -101,6 +50,9 @@ type Service struct {
 // New prepares the producer and opens its listener, so Addr is known before Run.
 func New(cfg Config, deps Deps) (*Service, error) {
 	cfg.setDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("producer: %w", err)
+	}
 	if deps.Conn == nil || deps.Publisher == nil || deps.Keys == nil {
 		return nil, errors.New("producer: Conn, Publisher and Keys are required")
 	}
@@ -132,17 +84,11 @@ func (s *Service) Addr() net.Addr { return s.ln.Addr() }
 // waits for every publish to be acknowledged.
 func (s *Service) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return s.server.serve(s.ln) })
-	g.Go(func() error {
-		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), s.cfg.Grace)
-		defer cancel()
-		return s.server.shutdown(sctx)
-	})
+	g.Go(func() error { return s.server.serve(gctx, s.ln) })
 	if s.cfg.Simulate > 0 {
 		g.Go(func() error { return s.runSimulator(gctx) })
 	}
-	if s.cfg.Scrape.URL != "" {
+	if s.cfg.Stalwart.MetricsURL != "" {
 		g.Go(func() error { return s.runScraper(gctx) })
 	}
 	g.Go(func() error { return s.runSnapshots(gctx) })
@@ -213,7 +159,7 @@ func (s *Service) runSimulator(ctx context.Context) error {
 				evs = append(evs, sim.Next())
 				errs = append(errs, nil)
 			}
-			pctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+			pctx, cancel := context.WithTimeout(ctx, s.cfg.Ingest.Timeout)
 			s.ingest(pctx, evs, errs)
 			cancel()
 			stored := 0
@@ -233,12 +179,12 @@ func (s *Service) runSimulator(ctx context.Context) error {
 // runScraper scrapes the Stalwart metrics endpoint every interval and publishes what it
 // finds as a snapshot.
 func (s *Service) runScraper(ctx context.Context) error {
-	sc := newScraper(s.cfg.Scrape, nil, time.Now())
-	t := time.NewTicker(s.cfg.Scrape.Interval)
+	sc := newScraper(s.cfg.scrape(), nil, time.Now())
+	t := time.NewTicker(s.cfg.Stalwart.MetricsInterval)
 	defer t.Stop()
 	failing := false
 	for {
-		sctx, cancel := context.WithTimeout(ctx, min(s.cfg.Scrape.Interval, 30*time.Second))
+		sctx, cancel := context.WithTimeout(ctx, min(s.cfg.Stalwart.MetricsInterval, 30*time.Second))
 		snap, err := sc.scrape(sctx, time.Now())
 		cancel()
 		if err == nil {
@@ -248,13 +194,13 @@ func (s *Service) runScraper(ctx context.Context) error {
 		case err != nil && ctx.Err() == nil:
 			s.metrics.scrapeErrors.Inc()
 			if !failing {
-				s.log.Warn("Stalwart metrics scrape failing", "url", redactURL(s.cfg.Scrape.URL), "err", err)
+				s.log.Warn("Stalwart metrics scrape failing", "url", redactURL(s.cfg.Stalwart.MetricsURL), "err", err)
 			}
 			failing = true
 		case err == nil:
 			s.metrics.scrapes.Inc()
 			if failing {
-				s.log.Info("Stalwart metrics scrape recovered", "url", redactURL(s.cfg.Scrape.URL))
+				s.log.Info("Stalwart metrics scrape recovered", "url", redactURL(s.cfg.Stalwart.MetricsURL))
 			}
 			failing = false
 		}
@@ -268,7 +214,7 @@ func (s *Service) runScraper(ctx context.Context) error {
 
 // runSnapshots publishes the metrics projected from events every interval.
 func (s *Service) runSnapshots(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.MetricsInterval)
+	t := time.NewTicker(s.cfg.Metrics.Interval)
 	defer t.Stop()
 	for {
 		select {
@@ -294,7 +240,7 @@ func (s *Service) publishSnapshot(ctx context.Context, snap metric.Snapshot) err
 		return fmt.Errorf("encode snapshot: %w", err)
 	}
 	id := snap.Origin + ":" + snap.Instance + ":" + snap.Source + ":" + strconv.FormatInt(snap.Time.UnixNano(), 10)
-	pctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	pctx, cancel := context.WithTimeout(ctx, s.cfg.Ingest.Timeout)
 	defer cancel()
 	if err := s.deps.Publisher.Publish(pctx, bus.Msg{Subject: bus.MetricsSubject(snap.Source), ID: id, Data: b}); err != nil {
 		return err

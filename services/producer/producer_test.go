@@ -27,6 +27,7 @@ import (
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/metric"
+	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
 type harness struct {
@@ -74,8 +75,8 @@ func start(t *testing.T, cfg producer.Config, tcp bool) *harness {
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
-	if cfg.Timeout == 0 {
-		cfg.Timeout = 3 * time.Second
+	if cfg.Ingest.Timeout == 0 {
+		cfg.Ingest.Timeout = 3 * time.Second
 	}
 	p, err := producer.New(cfg, producer.Deps{Conn: h.nc, Publisher: pub, Keys: keys})
 	if err != nil {
@@ -187,7 +188,7 @@ func TestIngestArrayAndNDJSON(t *testing.T) {
 }
 
 func TestIngestRejectsBadInputAndChangesNothing(t *testing.T) {
-	h := start(t, producer.Config{MaxBatch: 3, MaxBodyBytes: 4096}, false)
+	h := start(t, producer.Config{Ingest: producer.Ingest{MaxBatch: 3, MaxBodyBytes: 4096}}, false)
 	cases := []struct {
 		name   string
 		body   string
@@ -197,7 +198,7 @@ func TestIngestRejectsBadInputAndChangesNothing(t *testing.T) {
 	}{
 		{"no key", `[{"type":"a.b"}]`, nil, 401, "API key"},
 		{"wrong key", `[{"type":"a.b"}]`, map[string]string{"Authorization": "Bearer mpk_nope_x"}, 401, "API key"},
-		{"viewer key", `[{"type":"a.b"}]`, map[string]string{"Authorization": "Bearer " + h.viewer}, 401, "API key"},
+		{"viewer key", `[{"type":"a.b"}]`, map[string]string{"Authorization": "Bearer " + h.viewer}, 403, "role"},
 		{"malformed JSON", `[{"type":`, h.bearer(), 400, "not valid JSON"},
 		{"empty", ``, h.bearer(), 400, "no events"},
 		{"all invalid", `[{"type":"BAD"},{"type":"a.b","level":"loud"},{"type":5}]`, h.bearer(), 400, "no valid event"},
@@ -249,7 +250,7 @@ func sign(secret, body string) string {
 }
 
 func TestStalwartWebhookSigned(t *testing.T) {
-	h := start(t, producer.Config{StalwartSecret: "hook-secret", StalwartSource: "mail.example.org"}, false)
+	h := start(t, producer.Config{Stalwart: producer.Stalwart{Secret: "hook-secret", Source: "mail.example.org"}}, false)
 	body, err := os.ReadFile(filepath.Join("..", "..", "shared", "event", "testdata", "stalwart-0.16.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -308,7 +309,7 @@ func TestStalwartWebhookWithKeyAndOldFormat(t *testing.T) {
 }
 
 func TestNATSOutageGives503ThenRecovers(t *testing.T) {
-	h := start(t, producer.Config{Timeout: 2 * time.Second}, true)
+	h := start(t, producer.Config{Ingest: producer.Ingest{Timeout: 2 * time.Second}}, true)
 	if r := h.post("/api/v1/events", `[{"id":"before","type":"a.b"}]`, h.bearer()); r.Status != 202 {
 		t.Fatalf("before the outage: %d", r.Status)
 	}
@@ -318,21 +319,18 @@ func TestNATSOutageGives503ThenRecovers(t *testing.T) {
 		t.Fatalf("during the outage: status %d Retry-After %q, want 503 with Retry-After", r.Status, r.Header.Get("Retry-After"))
 	}
 	resp, err := http.Get(h.url + "/readyz")
-	if err != nil || resp.StatusCode != 503 {
-		t.Errorf("/readyz during the outage = %v %v, want 503", resp.StatusCode, err)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 {
+		t.Errorf("/readyz during the outage = %v, want 503", resp.StatusCode)
 	}
 	h.srv.Start()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	poll.Until(t, "ingest to recover after the outage", func() bool {
 		r = h.post("/api/v1/events", `[{"id":"during","type":"a.b"}]`, h.bearer())
-		if r.Status == 202 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ingest did not recover: %+v", r)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return r.Status == 202
+	})
 	ids := map[string]bool{}
 	for _, e := range h.stored() {
 		ids[e.ID] = true
@@ -392,16 +390,11 @@ func TestShutdownDuringBusyIngestLosesNothingAcknowledged(t *testing.T) {
 		}()
 	}
 	// Stop once some batches are through.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, "2000 events acknowledged", func() bool {
 		mu.Lock()
-		n := len(acked)
-		mu.Unlock()
-		if n >= 2000 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		defer mu.Unlock()
+		return len(acked) >= 2000
+	})
 	h.shutdown()
 	close(stopSending)
 	wg.Wait()
@@ -421,7 +414,7 @@ func TestShutdownDuringBusyIngestLosesNothingAcknowledged(t *testing.T) {
 }
 
 func TestSnapshotsProjectedFromEvents(t *testing.T) {
-	h := start(t, producer.Config{MetricsInterval: time.Second}, false)
+	h := start(t, producer.Config{Metrics: producer.Metrics{Interval: time.Second}}, false)
 	body := `[
 {"type":"smtp.connection-start","source":"mx","data":{"spanId":"1","remoteIp":"192.0.2.1"}},
 {"type":"smtp.connection-start","source":"mx","data":{"spanId":"2","remoteIp":"192.0.2.2"}},
@@ -469,8 +462,12 @@ func TestHealthAndOwnMetrics(t *testing.T) {
 	h := start(t, producer.Config{}, false)
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 401} {
 		resp, err := http.Get(h.url + path)
-		if err != nil || resp.StatusCode != want {
-			t.Errorf("GET %s = %v %v, want %d", path, resp.StatusCode, err, want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET %s = %v, want %d", path, resp.StatusCode, want)
 		}
 	}
 	h.post("/api/v1/events", `[{"type":"a.b"}]`, h.bearer())
@@ -481,6 +478,7 @@ func TestHealthAndOwnMetrics(t *testing.T) {
 		t.Fatalf("GET /metrics with a viewer key = %v %v", resp.StatusCode, err)
 	}
 	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
 	if !strings.Contains(string(b), `mailpulse_producer_events_stored_total{endpoint="events"} 1`) {
 		t.Errorf("/metrics lacks the stored counter:\n%s", b)
 	}
@@ -497,7 +495,7 @@ func TestScrapedStalwartPageReachesTheLog(t *testing.T) {
 		io.WriteString(w, page)
 	}))
 	defer stalwart.Close()
-	h := start(t, producer.Config{Scrape: producer.ScrapeConfig{URL: stalwart.URL + "/metrics/prometheus", Interval: time.Second, Source: "mail.example.org"}}, false)
+	h := start(t, producer.Config{Stalwart: producer.Stalwart{MetricsURL: stalwart.URL + "/metrics/prometheus", MetricsInterval: time.Second, Source: "mail.example.org"}}, false)
 	cons, err := h.js.OrderedConsumer(t.Context(), bus.StreamMetrics, jetstream.OrderedConsumerConfig{FilterSubjects: []string{bus.MetricsSubject("mail.example.org")}})
 	if err != nil {
 		t.Fatal(err)

@@ -8,138 +8,141 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mailpulse/mailpulse/shared/filter"
 )
 
-func TestPrecedenceFileEnvFlags(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "mailpulse.toml")
-	err := os.WriteFile(path, []byte(`
-data_dir = "/from/file"
-ingest_addr = ":9001"
-simulate = 5
-[stalwart]
-metrics_url = "http://mail.example.org/metrics/prometheus"
-metrics_interval = "30s"
-[ingest]
-max_batch = 500
-`), 0o600)
-	if err != nil {
-		t.Fatal(err)
+// svc is a service's section, as a service declares it.
+type svc struct {
+	Addr     string        `koanf:"http_addr" top:"true" help:"listen address"`
+	Interval time.Duration `koanf:"interval"`
+	Max      int           `koanf:"max"`
+	Include  filter.Types  `koanf:"include"`
+	Secret   string        `koanf:"secret" secret:"true"`
+	Nested   struct {
+		Name string `koanf:"name"`
+	} `koanf:"nested"`
+	Grace time.Duration `koanf:"-"`
+}
+
+func (s *svc) Validate() error {
+	var errs []error
+	if s.Max < 1 {
+		errs = append(errs, Problem("max", "at least 1"))
 	}
-	env := []string{"MAILPULSE_INGEST_ADDR=:9002", "MAILPULSE_SIMULATE=7", "PATH=/bin", "MAILPULSE_STALWART_SECRET=s3cret"}
-	l := NewLoader("all")
-	cfg, err := l.Load([]string{"--config", path, "--simulate", "9", "--stalwart-metrics-interval=1m"}, env)
-	if err != nil {
+	if err := CheckAddr(s.Addr); err != nil {
+		errs = append(errs, Problem("http_addr", "%v", err))
+	}
+	if s.Interval < time.Second {
+		errs = append(errs, Problem("interval", "at least 1s"))
+	}
+	return errors.Join(errs...)
+}
+
+func doc() (*Document, *Process, *svc) {
+	p := DefaultProcess()
+	s := &svc{Addr: ":8080", Interval: 10 * time.Second, Max: 5}
+	var d Document
+	d.Add("", &p)
+	d.Add("svc", s, "all", "live-gateway")
+	return &d, &p, s
+}
+
+func TestPrecedenceFileEnvFlags(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.toml")
+	os.WriteFile(path, []byte("log_level = \"debug\"\n[svc]\nmax = 2\ninterval = \"5s\"\ninclude = [\"smtp.*\", \"auth.failed\"]\n[svc.nested]\nname = \"file\"\n"), 0o600)
+	d, p, s := doc()
+	env := []string{"MAILPULSE_SVC_MAX=3", "MAILPULSE_NATS_URL=nats://n:4222", "PATH=/bin", "MAILPULSE_SVC_SECRET=s3cret", "MAILPULSE_HTTP_ADDR=:9000"}
+	if err := NewLoader("live-gateway", d).Load([]string{"--config", path, "--svc-max", "4", "--svc-nested-name=flag"}, env); err != nil {
 		t.Fatalf("Load = %v", err)
 	}
-	checks := []struct {
-		name      string
-		got, want any
-	}{
-		{"data_dir from file", cfg.DataDir, "/from/file"},
-		{"ingest_addr env over file", cfg.IngestAddr, ":9002"},
-		{"simulate flag over env", cfg.Simulate, 9.0},
-		{"metrics_interval flag over file", cfg.Stalwart.MetricsInterval, time.Minute},
-		{"max_batch from file", cfg.Ingest.MaxBatch, 500},
-		{"secret from env", cfg.Stalwart.Secret, "s3cret"},
-		{"default kept", cfg.HTTPAddr, ":8080"},
+	if s.Max != 4 || s.Interval != 5*time.Second || s.Nested.Name != "flag" || p.LogLevel != "debug" || s.Secret != "s3cret" || s.Addr != ":9000" {
+		t.Fatalf("loaded %+v / log level %q; want flags over env over file over defaults", s, p.LogLevel)
 	}
-	for _, c := range checks {
-		if c.got != c.want {
-			t.Errorf("%s: got %v, want %v", c.name, c.got, c.want)
-		}
+	if !s.Include.Match("smtp.ehlo") || s.Include.Match("imap.login") {
+		t.Fatalf("include %v not compiled from the TOML array", s.Include)
 	}
-	if r := cfg.Redacted(); r["stalwart.secret"] != "<set>" {
-		t.Errorf("Redacted shows the secret: %v", r)
+	r := d.Redacted()
+	if r["svc.secret"] != "<set>" || r["svc.max"] != "4" || r["http_addr"] != ":9000" {
+		t.Fatalf("Redacted = %v", r)
 	}
 }
 
-func TestInvalidConfigListsEveryProblem(t *testing.T) {
-	l := NewLoader("producer")
-	env := []string{"MAILPULSE_SIMULATE=-5", "MAILPULSE_LOG_LEVEL=loud", "MAILPULSE_TYPO=1", "MAILPULSE_ADMIN_KEY=short",
-		"MAILPULSE_STALWART_METRICS_URL=ftp://x", "MAILPULSE_INGEST_MAX_BATCH=0"}
-	_, err := l.Load([]string{"--ingest-addr", "nonsense"}, env)
+func TestEveryProblemAtOnceUnderItsKey(t *testing.T) {
+	d, _, _ := doc()
+	env := []string{"MAILPULSE_SVC_INCLUDE=SMTP.*,ok.fine", "MAILPULSE_LOG_LEVEL=loud", "MAILPULSE_TYPO=1",
+		"MAILPULSE_SVC_MAX=0", "MAILPULSE_SVC_INTERVAL=soon", "MAILPULSE_ADMIN_KEY=short"}
+	err := NewLoader("live-gateway", d).Load([]string{"--http-addr", "nonsense"}, env)
 	if err == nil {
-		t.Fatal("Load accepted an invalid configuration")
-	}
-	for _, want := range []string{"MAILPULSE_TYPO"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q does not mention %q", err, want)
-		}
-	}
-	// Without the unknown variable, the validation problems are all listed together.
-	l = NewLoader("producer")
-	_, err = l.Load([]string{"--ingest-addr", "nonsense"}, []string{"MAILPULSE_SIMULATE=-5", "MAILPULSE_LOG_LEVEL=loud", "MAILPULSE_ADMIN_KEY=short",
-		"MAILPULSE_STALWART_METRICS_URL=ftp://x", "MAILPULSE_INGEST_MAX_BATCH=0"})
-	if err == nil {
-		t.Fatal("Load accepted an invalid configuration")
-	}
-	for _, want := range []string{"ingest_addr", "simulate", "log_level", "admin_key", "stalwart.metrics_url", "ingest.max_batch", "nats.url: required for the producer role"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error does not mention %q:\n%v", want, err)
-		}
-	}
-}
-
-func TestUndecodableValueStillListsTheOtherProblems(t *testing.T) {
-	_, err := NewLoader("producer").Load([]string{"--ingest-addr", "nope"}, []string{"MAILPULSE_SIMULATE=abc"})
-	if err == nil {
-		t.Fatal("accepted")
+		t.Fatal("Load accepted bad settings")
 	}
 	msg := err.Error()
-	for _, want := range []string{"'simulate'", "ingest_addr", "nats.url"} {
+	for _, want := range []string{"svc.include: types: pattern \"SMTP.*\"", "log_level:", "MAILPULSE_TYPO", "svc.max: at least 1",
+		"svc.interval:", "admin_key:", "http_addr: want host:port", "nats.url: required for the live-gateway role"} {
 		if !strings.Contains(msg, want) {
-			t.Errorf("error does not mention %s:\n%s", want, msg)
+			t.Errorf("error lacks %q:\n%s", want, msg)
 		}
 	}
-	if strings.Contains(msg, "decoding failed") || strings.Contains(msg, "simulate: want") {
-		t.Errorf("error has a header line or judges the undecodable key twice:\n%s", msg)
+	// An undecodable value is reported once, not again by Validate.
+	if strings.Count(msg, "svc.interval") != 1 {
+		t.Errorf("svc.interval reported %d times:\n%s", strings.Count(msg, "svc.interval"), msg)
+	}
+}
+
+func TestSectionsOfOtherRolesAreNeitherFlagsNorValidated(t *testing.T) {
+	d, _, s := doc()
+	s.Max = 0 // invalid, but the producer role does not run this section
+	l := NewLoader("producer", d)
+	err := l.Load([]string{"--svc-max", "3"}, []string{"MAILPULSE_NATS_URL=nats://n:4222"})
+	if err == nil || !strings.Contains(err.Error(), "svc-max") {
+		t.Fatalf("Load with another role's flag = %v, want an unknown-flag error", err)
+	}
+	d, _, s = doc()
+	s.Max = 0
+	if err := NewLoader("producer", d).Load(nil, []string{"MAILPULSE_NATS_URL=nats://n:4222"}); err != nil {
+		t.Fatalf("Load = %v: a section of another role was validated", err)
+	}
+	if u := NewLoader("live-gateway", d).Usage(); !strings.Contains(u, "--svc-max") || strings.Contains(u, "s3cret") {
+		t.Errorf("Usage:\n%s", u)
 	}
 }
 
 func TestRedactedHidesCredentialsInURLs(t *testing.T) {
-	cfg, err := NewLoader("all").Load(nil, []string{"MAILPULSE_NATS_URL=nats://ops:hunter2@n1:4222,nats://ops:hunter2@n2:4222"})
-	if err != nil {
+	d, _, _ := doc()
+	if err := NewLoader("all", d).Load(nil, []string{"MAILPULSE_NATS_URL=nats://ops:hunter2@n1:4222,nats://ops:hunter2@n2:4222"}); err != nil {
 		t.Fatal(err)
 	}
-	if r := cfg.Redacted()["nats.url"]; strings.Contains(r, "hunter2") || !strings.Contains(r, "n2:4222") {
-		t.Errorf("Redacted nats.url = %q", r)
+	if v := d.Redacted()["nats.url"]; strings.Contains(v, "hunter2") || !strings.Contains(v, "n2:4222") {
+		t.Fatalf("Redacted nats.url = %q", v)
 	}
 }
 
-func TestBadValuesAndFile(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "bad.toml")
-	os.WriteFile(path, []byte("ingest_adr = \":1\"\n[nats]\nurl = \"nats://127.0.0.1:4222\"\n"), 0o600)
-	_, err := NewLoader("all").Load([]string{"--config", path}, nil)
-	if err == nil || !strings.Contains(err.Error(), `unknown key "ingest_adr"`) {
-		t.Errorf("unknown file key: error = %v", err)
+func TestFileProblems(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.toml")
+	os.WriteFile(path, []byte("[svc]\nunknown = 1\n"), 0o600)
+	d, _, _ := doc()
+	if err := NewLoader("all", d).Load([]string{"--config", path}, nil); err == nil || !strings.Contains(err.Error(), `unknown key "svc.unknown"`) {
+		t.Errorf("unknown file key: %v", err)
 	}
-	_, err = NewLoader("all").Load(nil, []string{"MAILPULSE_METRICS_INTERVAL=soon"})
-	if err == nil || !strings.Contains(err.Error(), "interval") {
-		t.Errorf("bad duration: error = %v", err)
+	d, _, _ = doc()
+	if err := NewLoader("all", d).Load([]string{"--config", filepath.Join(t.TempDir(), "missing.toml")}, nil); err == nil {
+		t.Error("a missing config file was accepted")
 	}
-	_, err = NewLoader("all").Load([]string{"--config", filepath.Join(t.TempDir(), "missing.toml")}, nil)
-	if err == nil {
-		t.Error("missing config file accepted")
-	}
-	_, err = NewLoader("all").Load([]string{"-h"}, nil)
-	if !errors.Is(err, flag.ErrHelp) {
-		t.Errorf("-h: error = %v, want flag.ErrHelp", err)
+	d, _, _ = doc()
+	if err := NewLoader("all", d).Load([]string{"-h"}, nil); !errors.Is(err, flag.ErrHelp) {
+		t.Errorf("-h = %v, want flag.ErrHelp", err)
 	}
 }
 
-func TestEnvNamesMatchTheIssue(t *testing.T) {
-	want := []string{"MAILPULSE_DATA_DIR", "MAILPULSE_HTTP_ADDR", "MAILPULSE_INGEST_ADDR", "MAILPULSE_NATS_URL", "MAILPULSE_NATS_LISTEN",
-		"MAILPULSE_NATS_USER", "MAILPULSE_NATS_PASSWORD", "MAILPULSE_SIMULATE", "MAILPULSE_ADMIN_KEY", "MAILPULSE_INGEST_KEY",
-		"MAILPULSE_STALWART_SECRET", "MAILPULSE_STALWART_METRICS_URL", "MAILPULSE_STALWART_METRICS_USER", "MAILPULSE_STALWART_METRICS_PASSWORD"}
-	have := strings.Join(EnvNames(), " ")
-	for _, w := range want {
-		if !strings.Contains(have+" ", w+" ") {
-			t.Errorf("variable %s is not read", w)
+func TestRulesRunAfterSections(t *testing.T) {
+	d, _, s := doc()
+	d.Rule(func(role string) error {
+		if s.Max == 7 {
+			return Problem("svc.max", "not 7 in %s mode", role)
 		}
-	}
-	u := NewLoader("producer").Usage()
-	if !strings.Contains(u, "--stalwart-metrics-url") || strings.Contains(u, "--http-addr") {
-		t.Errorf("producer usage lists the wrong flags:\n%s", u)
+		return nil
+	})
+	if err := NewLoader("all", d).Load(nil, []string{"MAILPULSE_SVC_MAX=7"}); err == nil || !strings.Contains(err.Error(), "svc.max: not 7 in all mode") {
+		t.Fatalf("rule: %v", err)
 	}
 }

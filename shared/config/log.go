@@ -12,7 +12,7 @@ func parseLogLevel(s string) (slog.Level, error) {
 }
 
 // Logger returns the logger the configuration asks for, writing to w.
-func (c *Config) Logger(w io.Writer) *slog.Logger {
+func (c *Process) Logger(w io.Writer) *slog.Logger {
 	level, _ := parseLogLevel(c.LogLevel) // validated by Load
 	opts := &slog.HandlerOptions{Level: level}
 	if c.LogFormat == "json" {

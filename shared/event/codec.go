@@ -223,6 +223,9 @@ func (d *Defaults) now() time.Time {
 // ErrEmptyBatch is returned by SplitBatch for a body with no events.
 var ErrEmptyBatch = errors.New("no events in the body")
 
+// ErrTooManyEvents is the error of a batch with more events than allowed.
+var ErrTooManyEvents = errors.New("too many events in one batch")
+
 // SplitBatch splits a request body holding a JSON array of events or NDJSON (one event per
 // line) into the raw events, at most max of them. It checks the outer syntax only; each
 // element is parsed on its own so that one bad event gets its own error.
@@ -242,7 +245,7 @@ func SplitBatch(body []byte, max int) ([][]byte, error) {
 		var err error
 		gjson.ParseBytes(body).ForEach(func(_, v gjson.Result) bool {
 			if len(out) == max {
-				err = fmt.Errorf("body: more than %d events in one batch", max)
+				err = fmt.Errorf("body: more than %d events: %w", max, ErrTooManyEvents)
 				return false
 			}
 			out = append(out, body[v.Index:v.Index+len(v.Raw)])
@@ -264,7 +267,7 @@ func SplitBatch(body []byte, max int) ([][]byte, error) {
 				continue
 			}
 			if len(out) == max {
-				return nil, fmt.Errorf("body: more than %d events in one batch", max)
+				return nil, fmt.Errorf("body: more than %d events: %w", max, ErrTooManyEvents)
 			}
 			out = append(out, line)
 		}

@@ -72,7 +72,7 @@ func SplitStalwart(body []byte, max int) ([][]byte, error) {
 	var err error
 	evs.ForEach(func(_, v gjson.Result) bool {
 		if len(out) == max {
-			err = fmt.Errorf("body: more than %d events in one batch", max)
+			err = fmt.Errorf("body: more than %d events: %w", max, ErrTooManyEvents)
 			return false
 		}
 		out = append(out, body[v.Index:v.Index+len(v.Raw)])

@@ -390,3 +390,60 @@ func (f *Filter) String() string {
 	sort.Strings(parts)
 	return strings.Join(parts, "&")
 }
+
+// Types is a compiled list of type patterns, for settings such as the archiver's include and
+// exclude lists: parsed once at start (a bad pattern is an error then), matched without
+// parsing afterwards. The zero value holds no pattern.
+type Types struct {
+	pats []typePattern
+	src  []string
+}
+
+// ParseTypes compiles patterns; the error names every bad one.
+func ParseTypes(patterns []string) (Types, error) {
+	var t Types
+	var errs []error
+	for _, p := range patterns {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		tp, err := parseType(p)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		t.pats = append(t.pats, tp)
+		t.src = append(t.src, p)
+	}
+	return t, errors.Join(errs...)
+}
+
+// Empty reports whether the list holds no pattern.
+func (t Types) Empty() bool { return len(t.pats) == 0 }
+
+// Match reports whether typ matches one of the patterns.
+func (t Types) Match(typ string) bool {
+	g, n, _ := strings.Cut(typ, ".")
+	for _, p := range t.pats {
+		if matchPart(p.group, g) && matchPart(p.name, n) {
+			return true
+		}
+	}
+	return false
+}
+
+// String is the comma-separated list.
+func (t Types) String() string { return strings.Join(t.src, ",") }
+
+// MarshalText writes the comma-separated list.
+func (t Types) MarshalText() ([]byte, error) { return []byte(t.String()), nil }
+
+// UnmarshalText compiles a comma-separated list.
+func (t *Types) UnmarshalText(b []byte) error {
+	v, err := ParseTypes(strings.Split(string(b), ","))
+	if err != nil {
+		return err
+	}
+	*t = v
+	return nil
+}

@@ -152,3 +152,25 @@ func FuzzParse(f *testing.F) {
 		flt.Match("smtp.ehlo", ev("smtp.ehlo", "info", "mx", `{"a":"b"}`), nil)
 	})
 }
+
+func TestParseTypes(t *testing.T) {
+	ts, err := ParseTypes([]string{"smtp.*", " auth.failed ", "*.connection-start", ""})
+	if err != nil {
+		t.Fatalf("ParseTypes = %v", err)
+	}
+	for typ, want := range map[string]bool{"smtp.ehlo": true, "auth.failed": true, "auth.success": false, "imap.connection-start": true} {
+		if got := ts.Match(typ); got != want {
+			t.Errorf("Match(%q) = %v, want %v", typ, got, want)
+		}
+	}
+	if ts.String() != "smtp.*,auth.failed,*.connection-start" {
+		t.Errorf("String = %q", ts.String())
+	}
+	var bad Types
+	if err := bad.UnmarshalText([]byte("SMTP.*,ok.fine,a..b")); err == nil || !strings.Contains(err.Error(), "SMTP.*") || !strings.Contains(err.Error(), "a..b") {
+		t.Errorf("UnmarshalText of bad patterns = %v, want an error naming each", err)
+	}
+	if !(Types{}).Empty() || ts.Empty() {
+		t.Error("Empty wrong")
+	}
+}

@@ -14,7 +14,6 @@ import (
 	"github.com/gofiber/fiber/v2"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/goleak"
 
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
@@ -23,7 +22,7 @@ import (
 	"github.com/mailpulse/mailpulse/shared/httpserver/httpservertest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m, httpservertest.IgnoreLingering()...) }
+func TestMain(m *testing.M) { httpservertest.VerifyTestMain(m) }
 
 type fixture struct {
 	url           string
