@@ -1,32 +1,35 @@
 // Package livegateway is mailpulse's HTTP front door: live event streams over SSE (native,
 // and Stalwart-compatible for both Stalwart generations) with filters and lossless resume,
-// stream tokens for EventSource, API key management, and the gateway's own metrics. It
-// reads the log with one ordered consumer per process and fans out in memory.
+// replays of the log, the history API answered by the archivers, the mail servers' metrics
+// (Prometheus exposition and live streams), stream tokens for EventSource, API key
+// management, and the gateway's own metrics. It reads the log with one ordered consumer per
+// process and fans out in memory.
+//
+// Where to find a route: routes.go has the table; the handlers live in a file named for
+// their noun (streams.go, replay.go, history.go, stalwart_history.go, metrics_stream.go,
+// prometheus.go, keys.go, tokens.go); frames.go writes SSE frames, hub.go fans the log out
+// and snapshots.go follows the metric snapshots.
 package livegateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/gofiber/fiber/v2/middleware/adaptor"
-	"github.com/gofiber/fiber/v2/middleware/cors"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
 
 // Deps are what the gateway uses but does not own.
@@ -51,6 +54,12 @@ type Service struct {
 	ln      net.Listener
 	metrics *gatewayMetrics
 	closing chan struct{} // closed when streams must end
+
+	// readStall is how long a read of the log waits for a message before it asks where the
+	// log stands (bus.Range.Stall; 0: its default). Tests shorten it.
+	readStall time.Duration
+	// replays counts the replay goroutines, which Run waits for.
+	replays sync.WaitGroup
 
 	mu       sync.Mutex
 	open     int
@@ -109,13 +118,12 @@ func (s *Service) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.hub.run(gctx) })
 	g.Go(func() error { return s.snaps.run(gctx) })
-	g.Go(func() error { return s.app.Listener(s.ln) })
 	g.Go(func() error {
-		<-gctx.Done()
-		s.closeOne.Do(func() { close(s.closing) }) // stream writers return; fasthttp can then shut down
-		sctx, cancel := context.WithTimeout(context.Background(), s.cfg.Grace)
-		defer cancel()
-		return s.app.ShutdownWithContext(sctx)
+		// Streams end first (their writers return), so that the server can stop.
+		err := httpserver.Serve(gctx, s.app, s.ln, s.cfg.Grace, func() { s.closeOne.Do(func() { close(s.closing) }) })
+		s.closeOne.Do(func() { close(s.closing) })
+		s.waitReplays()
+		return err
 	})
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -124,149 +132,46 @@ func (s *Service) Run(ctx context.Context) error {
 	return err
 }
 
-func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
-	app := fiber.New(fiber.Config{
-		AppName:               "mailpulse-gateway",
-		BodyLimit:             1 << 20,
-		ReadTimeout:           30 * time.Second,
-		IdleTimeout:           2 * time.Minute,
-		DisableStartupMessage: true,
-		ErrorHandler: func(c *fiber.Ctx, err error) error {
-			code := fiber.StatusInternalServerError
-			var fe *fiber.Error
-			if errors.As(err, &fe) {
-				code = fe.Code
-			}
-			return c.Status(code).JSON(fiber.Map{"error": err.Error()})
-		},
-	})
-	if len(s.cfg.CORSOrigins) > 0 {
-		app.Use(cors.New(cors.Config{AllowOrigins: strings.Join(s.cfg.CORSOrigins, ","), AllowHeaders: "Authorization, Content-Type, Last-Event-ID"}))
+// waitReplays waits for the replays to end, for at most the grace period: one whose client
+// stopped reading can be blocked for as long as the client keeps its connection.
+func (s *Service) waitReplays() {
+	done := make(chan struct{})
+	go func() {
+		s.replays.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(s.cfg.Grace):
+		s.log.Warn("replays still running after the grace period")
 	}
-	// Latency of every request but the streams (whose handlers return at once; their life
-	// is counted by the stream metrics).
-	app.Use(func(c *fiber.Ctx) error {
-		start := time.Now()
-		err := c.Next()
-		if c.GetRespHeader(fiber.HeaderContentType) != "text/event-stream" {
-			route := "unmatched"
-			if r := c.Route(); r != nil && r.Path != "/" {
-				route = r.Path
-			}
-			s.metrics.requests.WithLabelValues(route).Observe(time.Since(start).Seconds())
+}
+
+// observeLatency records the latency of every request but the streams (whose handlers
+// return at once; their life is counted by the stream metrics).
+func (s *Service) observeLatency(c *fiber.Ctx) error {
+	start := time.Now()
+	err := c.Next()
+	if c.GetRespHeader(fiber.HeaderContentType) != "text/event-stream" {
+		route := "unmatched"
+		if r := c.Route(); r != nil && r.Path != "/" {
+			route = r.Path
 		}
-		return err
-	})
-	app.Get("/healthz", func(c *fiber.Ctx) error { return c.SendString("ok\n") })
-	app.Get("/readyz", func(c *fiber.Ctx) error {
-		if s.nc.Status() != nats.CONNECTED {
-			return c.Status(fiber.StatusServiceUnavailable).SendString("NATS not connected\n")
-		}
-		select {
-		case <-s.hub.ready:
-			return c.SendString("ready\n")
-		default:
-			return c.Status(fiber.StatusServiceUnavailable).SendString("live consumer not started\n")
-		}
-	})
-	own := adaptor.HTTPHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	app.Get("/metrics", s.authKey(apikey.Viewer), own)
-
-	// Keys (admin).
-	app.Get("/api/v1/keys", s.authKey(apikey.Admin), s.listKeys)
-	app.Post("/api/v1/keys", s.authKey(apikey.Admin), s.createKey)
-	app.Delete("/api/v1/keys/:id", s.authKey(apikey.Admin), s.revokeKey)
-
-	// Stream tokens, Stalwart's routes of both generations.
-	app.Get("/api/telemetry/live/tracing-token", s.authKey(apikey.Viewer), s.tokenJSON(purposeTracing))
-	app.Get("/api/telemetry/live/metrics-token", s.authKey(apikey.Viewer), s.tokenJSON(purposeMetrics))
-	app.Get("/api/token/tracing", s.authKey(apikey.Viewer), s.tokenText(purposeTracing))
-	app.Get("/api/token/metrics", s.authKey(apikey.Viewer), s.tokenText(purposeMetrics))
-
-	// The mail servers' metrics: Prometheus exposition and live streams.
-	mailReg := prometheus.NewRegistry()
-	mailReg.MustRegister(collector{s.snaps})
-	app.Get("/metrics/prometheus", s.authKey(apikey.Viewer), adaptor.HTTPHandler(promhttp.HandlerFor(mailReg, promhttp.HandlerOpts{})))
-	app.Get("/api/telemetry/metrics/live", s.authStream(purposeMetrics), s.metricsStream(formatStalwart15))
-	app.Get("/api/live/metrics", s.authStream(purposeMetrics), s.metricsStream(formatStalwart16))
-
-	// History, answered by the archivers.
-	app.Get("/api/v1/events", s.authKey(apikey.Viewer), s.events)
-	app.Get("/api/v1/spans/:id", s.authKey(apikey.Viewer), s.span)
-	app.Get("/api/v1/replay", s.authKey(apikey.Viewer), s.replayRange)
-	app.Get("/api/telemetry/traces", s.authKey(apikey.Viewer), s.traces)
-	app.Get("/api/telemetry/metrics", s.authKey(apikey.Viewer), s.stalwartMetrics)
-	app.Get("/api/v1/metrics/history", s.authKey(apikey.Viewer), s.metricsHistory)
-	app.Get("/api/telemetry/trace/:id?", s.authKey(apikey.Viewer), s.trace)
-
-	// Live event streams.
-	app.Get("/api/v1/live/events", s.authStream(purposeTracing), s.eventStream(formatNative))
-	app.Get("/api/telemetry/traces/live", s.authStream(purposeTracing), s.eventStream(formatStalwart15))
-	app.Get("/api/live/tracing", s.authStream(purposeTracing), s.eventStream(formatStalwart16))
-	return app
+		s.metrics.requests.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	}
+	return err
 }
 
-func (s *Service) listKeys(c *fiber.Ctx) error {
-	keys := s.keys.List()
-	out := make([]fiber.Map, 0, len(keys))
-	for _, k := range keys {
-		out = append(out, fiber.Map{"id": k.ID, "name": k.Name, "role": k.Role, "fixed": k.Fixed, "createdAt": k.CreatedAt})
+// ready is /readyz: NATS connected and the live consumer started.
+func (s *Service) ready() error {
+	if s.nc.Status() != nats.CONNECTED {
+		return errors.New("NATS not connected")
 	}
-	return c.JSON(fiber.Map{"keys": out})
-}
-
-func (s *Service) createKey(c *fiber.Ctx) error {
-	var req struct {
-		Name string `json:"name"`
-		Role string `json:"role"`
-	}
-	if err := json.Unmarshal(c.Body(), &req); err != nil {
-		return deny(c, fiber.StatusBadRequest, "body: want {\"name\":…,\"role\":\"admin|viewer|ingest\"}")
-	}
-	role, err := apikey.ParseRole(req.Role)
-	if err != nil {
-		return deny(c, fiber.StatusBadRequest, err.Error())
-	}
-	ctx, cancel := requestContext()
-	defer cancel()
-	plain, k, err := s.keys.Create(ctx, req.Name, role)
-	switch {
-	case errors.Is(err, apikey.ErrTooMany):
-		return deny(c, fiber.StatusConflict, err.Error())
-	case errors.Is(err, apikey.ErrInvalidName):
-		return deny(c, fiber.StatusBadRequest, err.Error())
-	case err != nil:
-		return deny(c, fiber.StatusServiceUnavailable, err.Error())
-	}
-	s.log.Info("API key created", "key_id", k.ID, "role", k.Role, "by", keyOf(c).ID)
-	return c.Status(fiber.StatusCreated).JSON(fiber.Map{"id": k.ID, "name": k.Name, "role": k.Role, "key": plain,
-		"note": "the key is shown this once; only its hash is stored"})
-}
-
-func (s *Service) revokeKey(c *fiber.Ctx) error {
-	id := c.Params("id")
-	ctx, cancel := requestContext()
-	defer cancel()
-	if err := s.keys.Revoke(ctx, id); err != nil {
-		if errors.Is(err, apikey.ErrNotFound) {
-			return deny(c, fiber.StatusNotFound, "no key "+id)
-		}
-		return deny(c, fiber.StatusServiceUnavailable, err.Error())
-	}
-	s.log.Info("API key revoked", "key_id", id, "by", keyOf(c).ID)
-	return c.SendStatus(fiber.StatusNoContent)
-}
-
-func (s *Service) tokenJSON(purpose string) fiber.Handler {
-	return func(c *fiber.Ctx) error {
-		return c.JSON(fiber.Map{"data": s.tokens.issue(purpose, keyOf(c).ID)})
-	}
-}
-
-func (s *Service) tokenText(purpose string) fiber.Handler {
-	return func(c *fiber.Ctx) error {
-		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
-		return c.SendString(s.tokens.issue(purpose, keyOf(c).ID))
+	select {
+	case <-s.hub.ready:
+		return nil
+	default:
+		return errors.New("live consumer not started")
 	}
 }
 
@@ -298,6 +203,12 @@ func (s *Service) openStreams() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.open
+}
+
+// tooManyStreams answers a stream that acquire refused.
+func tooManyStreams(c *fiber.Ctx, err error) error {
+	c.Set(fiber.HeaderRetryAfter, "5")
+	return httpserver.Error(c, fiber.StatusTooManyRequests, err.Error())
 }
 
 // requestContext bounds the NATS work of one request. fasthttp's RequestCtx must not be

@@ -281,14 +281,14 @@ func TestAuthTokensAndBadInput(t *testing.T) {
 	}{
 		{"no key", "/api/v1/live/events", nil, 401},
 		{"wrong key", "/api/v1/live/events", withKey("mpk_x_y"), 401},
-		{"ingest key", "/api/v1/live/events", withKey(h.ingest), 401},
+		{"ingest key", "/api/v1/live/events", withKey(h.ingest), 403},
 		{"bad level", "/api/v1/live/events?level=loud", withKey(h.viewer), 400},
 		{"bad wildcard", "/api/v1/live/events?types=sm*tp.x", withKey(h.viewer), 400},
 		{"filter too long", "/api/v1/live/events?filter=" + strings.Repeat("x", 300), withKey(h.viewer), 400},
 		{"garbage Last-Event-ID", "/api/v1/live/events", map[string]string{"Authorization": "Bearer " + h.viewer, "Last-Event-ID": "yesterday"}, 400},
 		{"garbage since", "/api/v1/live/events?since=soon", withKey(h.viewer), 400},
 		{"garbage token", "/api/live/tracing?token=abc.def", nil, 401},
-		{"keys need admin", "/api/v1/keys", withKey(h.viewer), 401},
+		{"keys need admin", "/api/v1/keys", withKey(h.viewer), 403},
 	} {
 		c, resp := h.open(tc.path, tc.hdr)
 		if c != nil {

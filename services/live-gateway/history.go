@@ -3,6 +3,7 @@ package livegateway
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 
@@ -10,7 +11,11 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/mailpulse/mailpulse/shared/history"
+	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
+
+// The native history API, answered by an archiver over NATS request-reply: GET
+// /api/v1/events (search), /api/v1/spans/:id (a session) and /api/v1/metrics/history.
 
 // historyTimeout bounds a history request to the archivers.
 const historyTimeout = 10 * time.Second
@@ -19,27 +24,18 @@ const historyTimeout = 10 * time.Second
 func (s *Service) events(c *fiber.Ctx) error {
 	q, err := queryValues(c)
 	if err != nil {
-		return deny(c, fiber.StatusBadRequest, "query: "+err.Error())
+		return httpserver.Error(c, fiber.StatusBadRequest, "query: "+err.Error())
 	}
 	hq, err := history.ParseQuery(q, time.Now())
 	if err != nil {
-		return deny(c, fiber.StatusBadRequest, strings.ReplaceAll(err.Error(), "\n", "; "))
-	}
-	body, _ := json.Marshal(hq)
-	m, err := s.nc.Request(history.SubjectQuery, body, historyTimeout)
-	if err != nil {
-		return historyUnavailable(c, err)
+		return httpserver.Error(c, fiber.StatusBadRequest, strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	var reply history.QueryReply
-	if err := json.Unmarshal(m.Data, &reply); err != nil {
-		return deny(c, fiber.StatusBadGateway, "archiver reply: "+err.Error())
+	if err := s.ask(history.SubjectQuery, hq, &reply); err != nil {
+		return historyUnavailable(c, err)
 	}
 	if reply.Error != "" {
-		code := reply.Code
-		if code == 0 {
-			code = fiber.StatusServiceUnavailable
-		}
-		return deny(c, code, reply.Error)
+		return httpserver.Error(c, errorStatus(reply.Code), reply.Error)
 	}
 	return c.JSON(reply.Page)
 }
@@ -48,31 +44,19 @@ func (s *Service) events(c *fiber.Ctx) error {
 func (s *Service) span(c *fiber.Ctx) error {
 	id := c.Params("id")
 	if id == "" || len(id) > 128 {
-		return deny(c, fiber.StatusBadRequest, "span id: 1 to 128 characters")
+		return httpserver.Error(c, fiber.StatusBadRequest, "span id: 1 to 128 characters")
 	}
-	m, err := s.nc.Request(history.SubjectSpan, []byte(id), historyTimeout)
+	reply, err := s.askSpan(id)
 	if err != nil {
 		return historyUnavailable(c, err)
 	}
-	var reply history.SpanReply
-	if err := json.Unmarshal(m.Data, &reply); err != nil {
-		return deny(c, fiber.StatusBadGateway, "archiver reply: "+err.Error())
-	}
 	switch {
-	case reply.Error == "not found":
-		return deny(c, fiber.StatusNotFound, "no span "+id+" in the history")
+	case reply.Code == fiber.StatusNotFound:
+		return httpserver.Error(c, fiber.StatusNotFound, "no span "+id+" in the history")
 	case reply.Error != "":
-		return deny(c, fiber.StatusServiceUnavailable, reply.Error)
+		return httpserver.Error(c, errorStatus(reply.Code), reply.Error)
 	}
 	return c.JSON(fiber.Map{"span": reply.Span, "events": reply.Events})
-}
-
-func historyUnavailable(c *fiber.Ctx, err error) error {
-	c.Set(fiber.HeaderRetryAfter, "5")
-	if errors.Is(err, nats.ErrNoResponders) {
-		return deny(c, fiber.StatusServiceUnavailable, "no archiver is running: the history is unavailable")
-	}
-	return deny(c, fiber.StatusServiceUnavailable, "history: "+err.Error())
 }
 
 // metricsHistory is GET /api/v1/metrics/history?metrics=a,b*&from=&to=&step=&source=: metric
@@ -81,63 +65,16 @@ func historyUnavailable(c *fiber.Ctx, err error) error {
 func (s *Service) metricsHistory(c *fiber.Ctx) error {
 	req, err := metricsRequest(c, time.Hour, time.Minute)
 	if err != nil {
-		return deny(c, fiber.StatusBadRequest, err.Error())
+		return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
 	}
-	reply, err := s.askMetrics(req)
-	if err != nil {
+	var reply history.MetricsReply
+	if err := s.ask(history.SubjectMetrics, req, &reply); err != nil {
 		return historyUnavailable(c, err)
 	}
 	if reply.Error != "" {
-		return deny(c, fiber.StatusServiceUnavailable, reply.Error)
+		return httpserver.Error(c, fiber.StatusServiceUnavailable, reply.Error)
 	}
 	return c.JSON(fiber.Map{"from": req.From, "to": req.To, "step": req.Step.String(), "series": reply.Series})
-}
-
-// stalwartMetrics is Stalwart 0.15's GET /api/telemetry/metrics?after=&before=: one item per
-// metric and hour, counters as the delta of the hour, as Stalwart's metric history keeps them.
-func (s *Service) stalwartMetrics(c *fiber.Ctx) error {
-	now := time.Now()
-	req := history.MetricsRequest{From: now.Add(-24 * time.Hour), To: now, Step: time.Hour}
-	var problems []string
-	if v := c.Query("after"); v != "" {
-		t, err := time.Parse(time.RFC3339, v)
-		if err != nil {
-			problems = append(problems, "after: want an RFC 3339 time")
-		}
-		req.From = t
-	}
-	if v := c.Query("before"); v != "" {
-		t, err := time.Parse(time.RFC3339, v)
-		if err != nil {
-			problems = append(problems, "before: want an RFC 3339 time")
-		}
-		req.To = t
-	}
-	if req.To.Before(req.From) {
-		problems = append(problems, "after is later than before")
-	}
-	if len(problems) > 0 {
-		return deny(c, fiber.StatusBadRequest, strings.Join(problems, "; "))
-	}
-	reply, err := s.askMetrics(req)
-	if err != nil {
-		return historyUnavailable(c, err)
-	}
-	items := []fiber.Map{}
-	for _, sr := range reply.Series {
-		for _, p := range sr.Points {
-			ts := p.Time.UTC().Format(time.RFC3339)
-			switch sr.Kind {
-			case "counter":
-				items = append(items, fiber.Map{"type": "counter", "id": sr.Metric, "timestamp": ts, "value": p.Delta})
-			case "gauge":
-				items = append(items, fiber.Map{"type": "gauge", "id": sr.Metric, "timestamp": ts, "value": p.Value})
-			case "histogram":
-				items = append(items, fiber.Map{"type": "histogram", "id": sr.Metric, "timestamp": ts, "count": p.Count, "sum": p.Sum})
-			}
-		}
-	}
-	return c.JSON(fiber.Map{"data": items})
 }
 
 func metricsRequest(c *fiber.Ctx, span, step time.Duration) (history.MetricsRequest, error) {
@@ -192,15 +129,52 @@ func metricsRequest(c *fiber.Ctx, span, step time.Duration) (history.MetricsRequ
 	return req, nil
 }
 
-func (s *Service) askMetrics(req history.MetricsRequest) (history.MetricsReply, error) {
-	body, _ := json.Marshal(req)
-	m, err := s.nc.Request(history.SubjectMetrics, body, historyTimeout)
+// errArchiverReply: an archiver's answer could not be read.
+var errArchiverReply = errors.New("undecodable archiver reply")
+
+// ask sends a history request to the archivers and decodes the answer into reply.
+func (s *Service) ask(subject string, req any, reply any) error {
+	body, err := json.Marshal(req)
 	if err != nil {
-		return history.MetricsReply{}, err
+		return err
 	}
-	var reply history.MetricsReply
-	if err := json.Unmarshal(m.Data, &reply); err != nil {
-		return history.MetricsReply{}, err
+	return s.request(subject, body, reply)
+}
+
+// askSpan asks for a session's summary and events.
+func (s *Service) askSpan(id string) (history.SpanReply, error) {
+	var reply history.SpanReply
+	err := s.request(history.SubjectSpan, []byte(id), &reply)
+	return reply, err
+}
+
+func (s *Service) request(subject string, body []byte, reply any) error {
+	m, err := s.nc.Request(subject, body, historyTimeout)
+	if err != nil {
+		return err
 	}
-	return reply, nil
+	if err := json.Unmarshal(m.Data, reply); err != nil {
+		return fmt.Errorf("%w: %w", errArchiverReply, err)
+	}
+	return nil
+}
+
+// errorStatus is the HTTP status of an archiver's error: the code it gave, or 503.
+func errorStatus(code int) int {
+	if code < 400 || code > 599 {
+		return fiber.StatusServiceUnavailable
+	}
+	return code
+}
+
+func historyUnavailable(c *fiber.Ctx, err error) error {
+	switch {
+	case errors.Is(err, errArchiverReply):
+		return httpserver.Error(c, fiber.StatusBadGateway, err.Error())
+	case errors.Is(err, nats.ErrNoResponders):
+		c.Set(fiber.HeaderRetryAfter, "5")
+		return httpserver.Error(c, fiber.StatusServiceUnavailable, "no archiver is running: the history is unavailable")
+	}
+	c.Set(fiber.HeaderRetryAfter, "5")
+	return httpserver.Error(c, fiber.StatusServiceUnavailable, "history: "+err.Error())
 }

@@ -2,6 +2,7 @@ package livegateway
 
 import (
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"time"
@@ -10,19 +11,52 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/mailpulse/mailpulse/shared/history"
+	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
 
 // Stalwart 0.15's history API (stalwart.md §7.3), answered from mailpulse's history:
-// GET /api/telemetry/traces lists sessions, GET /api/telemetry/trace/{id} returns one's events.
+// GET /api/telemetry/traces lists sessions, GET /api/telemetry/trace/{id} returns one's
+// events, GET /api/telemetry/metrics the metrics by the hour.
 
 // traces is GET /api/telemetry/traces?type=&queue_id=&filter=&before=&after=&page=&limit=&values=.
 // Newest first; with no keyword, queue or time filter, the last 24 hours, as Stalwart does.
 // Answers {"data":{"items":[span ids],"total":n}}, or with values=1 each session's
 // representative event in 0.15's item shape.
 func (s *Service) traces(c *fiber.Ctx) error {
+	req, err := parseTraces(c, time.Now())
+	if err != nil {
+		return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
+	}
+	var reply history.SpansReply
+	if err := s.ask(history.SubjectSpans, req, &reply); err != nil {
+		return historyUnavailable(c, err)
+	}
+	if reply.Error != "" {
+		return httpserver.Error(c, fiber.StatusServiceUnavailable, "history: "+reply.Error)
+	}
+	if v := c.Query("values"); v == "" || v == "0" || v == "false" {
+		ids := make([]string, 0, len(reply.Spans))
+		for _, sp := range reply.Spans {
+			ids = append(ids, sp.ID)
+		}
+		return c.JSON(fiber.Map{"data": fiber.Map{"items": ids, "total": reply.Total}})
+	}
+	items := make([]json.RawMessage, 0, len(reply.Spans))
+	for _, sp := range reply.Spans {
+		evs, err := s.spanEvents(sp.ID)
+		if err != nil {
+			return historyUnavailable(c, err)
+		}
+		if rep := representative(evs); rep != nil {
+			items = append(items, stalwart15Item(rep))
+		}
+	}
+	return c.JSON(fiber.Map{"data": fiber.Map{"items": items, "total": reply.Total}})
+}
+
+func parseTraces(c *fiber.Ctx, now time.Time) (history.SpansRequest, error) {
 	var problems []string
 	req := history.SpansRequest{Kind: c.Query("type"), QueueID: c.Query("queue_id"), Limit: 100}
-	now := time.Now()
 	var after, before time.Time
 	var err error
 	if v := c.Query("after"); v != "" {
@@ -52,7 +86,7 @@ func (s *Service) traces(c *fiber.Ctx) error {
 		}
 	}
 	if len(problems) > 0 {
-		return deny(c, fiber.StatusBadRequest, strings.Join(problems, "; "))
+		return req, errors.New(strings.Join(problems, "; "))
 	}
 	req.Offset = (page - 1) * req.Limit
 	switch {
@@ -66,49 +100,23 @@ func (s *Service) traces(c *fiber.Ctx) error {
 	default:
 		req.From, req.To = time.Unix(0, 0), now
 	}
-	body, _ := json.Marshal(req)
-	m, err := s.nc.Request(history.SubjectSpans, body, historyTimeout)
-	if err != nil {
-		return historyUnavailable(c, err)
-	}
-	var reply history.SpansReply
-	if err := json.Unmarshal(m.Data, &reply); err != nil || reply.Error != "" {
-		return deny(c, fiber.StatusServiceUnavailable, "history: "+reply.Error)
-	}
-	if c.Query("values") == "" || c.Query("values") == "0" || c.Query("values") == "false" {
-		ids := make([]string, 0, len(reply.Spans))
-		for _, sp := range reply.Spans {
-			ids = append(ids, sp.ID)
-		}
-		return c.JSON(fiber.Map{"data": fiber.Map{"items": ids, "total": reply.Total}})
-	}
-	items := make([]json.RawMessage, 0, len(reply.Spans))
-	for _, sp := range reply.Spans {
-		evs, err := s.spanEvents(sp.ID)
-		if err != nil {
-			return historyUnavailable(c, err)
-		}
-		if rep := representative(evs); rep != nil {
-			items = append(items, stalwart15Item(rep))
-		}
-	}
-	return c.JSON(fiber.Map{"data": fiber.Map{"items": items, "total": reply.Total}})
+	return req, nil
 }
 
 // trace is GET /api/telemetry/trace/{id} (or ?id=a,b,c): the events of sessions in 0.15's
-// item shape.
+// item shape. A session the history does not hold has no events.
 func (s *Service) trace(c *fiber.Ctx) error {
 	ids := []string{c.Params("id")}
 	if ids[0] == "" {
 		ids = strings.Split(c.Query("id"), ",")
 	}
 	if len(ids) > 100 {
-		return deny(c, fiber.StatusBadRequest, "id: at most 100 sessions")
+		return httpserver.Error(c, fiber.StatusBadRequest, "id: at most 100 sessions")
 	}
 	out := []json.RawMessage{}
 	for _, id := range ids {
 		if id = strings.TrimSpace(id); id == "" || len(id) > 128 {
-			return deny(c, fiber.StatusBadRequest, "id: 1 to 128 characters")
+			return httpserver.Error(c, fiber.StatusBadRequest, "id: 1 to 128 characters")
 		}
 		evs, err := s.spanEvents(id)
 		if err != nil {
@@ -121,14 +129,17 @@ func (s *Service) trace(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"data": out})
 }
 
+// spanEvents returns a session's events: none when the history does not hold it, an error
+// when the archiver failed.
 func (s *Service) spanEvents(id string) ([]history.Stored, error) {
-	m, err := s.nc.Request(history.SubjectSpan, []byte(id), historyTimeout)
-	if err != nil {
+	reply, err := s.askSpan(id)
+	switch {
+	case err != nil:
 		return nil, err
-	}
-	var reply history.SpanReply
-	if err := json.Unmarshal(m.Data, &reply); err != nil {
-		return nil, err
+	case reply.Code == fiber.StatusNotFound:
+		return nil, nil
+	case reply.Error != "":
+		return nil, errors.New(reply.Error)
 	}
 	return reply.Events, nil
 }
@@ -150,5 +161,62 @@ func representative(evs []history.Stored) *history.Stored {
 
 func stalwart15Item(e *history.Stored) json.RawMessage {
 	typ := gjson.GetBytes(e.Raw(), "type").Str
-	return appendStalwart15(nil, frame{seq: e.Seq, typ: typ, data: e.Raw()})
+	return appendStalwart15(nil, frame{seq: e.Seq, typ: typ, data: e.Raw()}, nil)
+}
+
+// stalwartMetrics is Stalwart 0.15's GET /api/telemetry/metrics?after=&before=: one item per
+// metric and hour, counters as the delta of the hour, as Stalwart's metric history keeps them.
+func (s *Service) stalwartMetrics(c *fiber.Ctx) error {
+	req, err := parseStalwartMetrics(c, time.Now())
+	if err != nil {
+		return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
+	}
+	var reply history.MetricsReply
+	if err := s.ask(history.SubjectMetrics, req, &reply); err != nil {
+		return historyUnavailable(c, err)
+	}
+	if reply.Error != "" {
+		return httpserver.Error(c, fiber.StatusServiceUnavailable, "history: "+reply.Error)
+	}
+	items := []fiber.Map{}
+	for _, sr := range reply.Series {
+		for _, p := range sr.Points {
+			ts := p.Time.UTC().Format(time.RFC3339)
+			switch sr.Kind {
+			case "counter":
+				items = append(items, fiber.Map{"type": "counter", "id": sr.Metric, "timestamp": ts, "value": p.Delta})
+			case "gauge":
+				items = append(items, fiber.Map{"type": "gauge", "id": sr.Metric, "timestamp": ts, "value": p.Value})
+			case "histogram":
+				items = append(items, fiber.Map{"type": "histogram", "id": sr.Metric, "timestamp": ts, "count": p.Count, "sum": p.Sum})
+			}
+		}
+	}
+	return c.JSON(fiber.Map{"data": items})
+}
+
+func parseStalwartMetrics(c *fiber.Ctx, now time.Time) (history.MetricsRequest, error) {
+	req := history.MetricsRequest{From: now.Add(-24 * time.Hour), To: now, Step: time.Hour}
+	var problems []string
+	if v := c.Query("after"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			problems = append(problems, "after: want an RFC 3339 time")
+		}
+		req.From = t
+	}
+	if v := c.Query("before"); v != "" {
+		t, err := time.Parse(time.RFC3339, v)
+		if err != nil {
+			problems = append(problems, "before: want an RFC 3339 time")
+		}
+		req.To = t
+	}
+	if req.To.Before(req.From) {
+		problems = append(problems, "after is later than before")
+	}
+	if len(problems) > 0 {
+		return req, errors.New(strings.Join(problems, "; "))
+	}
+	return req, nil
 }

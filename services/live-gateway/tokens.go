@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailpulse/mailpulse/shared/apikey"
+	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
 
 // Purposes of stream tokens: a token opens only streams of its purpose.
@@ -26,6 +27,9 @@ const (
 
 // tokenTTL is how long a stream token is valid, as Stalwart's.
 const tokenTTL = 60 * time.Second
+
+// Stream tokens: GET /api/telemetry/live/{tracing,metrics}-token (Stalwart 0.15, JSON) and
+// /api/token/{tracing,metrics} (0.16, plain text), and their check on the stream routes.
 
 // tokens makes and checks short-lived stream tokens: "<purpose>.<key id>.<expiry>.<mac>",
 // signed with a secret every gateway replica shares (in the GATEWAY bucket), so a token
@@ -101,54 +105,36 @@ func (t *tokens) check(tok, purpose string) (string, error) {
 	return parts[1], nil
 }
 
-// bearer returns the key of "Authorization: Bearer <key>".
-func bearer(c *fiber.Ctx) string {
-	scheme, value, _ := strings.Cut(c.Get(fiber.HeaderAuthorization), " ")
-	if strings.EqualFold(scheme, "Bearer") {
-		return strings.TrimSpace(value)
-	}
-	return ""
-}
-
-func deny(c *fiber.Ctx, status int, msg string) error {
-	if status == fiber.StatusUnauthorized {
-		c.Set(fiber.HeaderWWWAuthenticate, `Bearer realm="mailpulse"`)
-	}
-	return c.Status(status).JSON(fiber.Map{"error": msg})
-}
-
-// authKey checks the Bearer key for one of the roles and stores the key in the context.
-func (s *Service) authKey(roles ...apikey.Role) fiber.Handler {
+func (s *Service) tokenJSON(purpose string) fiber.Handler {
 	return func(c *fiber.Ctx) error {
-		k, ok := s.keys.Authenticate(bearer(c), roles...)
-		if !ok {
-			return deny(c, fiber.StatusUnauthorized, "missing or invalid API key")
+		return c.JSON(fiber.Map{"data": s.tokens.issue(purpose, httpserver.KeyOf(c).ID)})
+	}
+}
+
+func (s *Service) tokenText(purpose string) fiber.Handler {
+	return func(c *fiber.Ctx) error {
+		c.Set(fiber.HeaderContentType, fiber.MIMETextPlainCharsetUTF8)
+		return c.SendString(s.tokens.issue(purpose, httpserver.KeyOf(c).ID))
+	}
+}
+
+// authStream accepts a stream token of the purpose in ?token=, or else a viewer key.
+func (s *Service) authStream(purpose string) fiber.Handler {
+	byKey := httpserver.RequireKey(s.keys, apikey.Viewer)
+	return func(c *fiber.Ctx) error {
+		tok := c.Query("token")
+		if tok == "" {
+			return byKey(c)
 		}
-		c.Locals("key", k)
+		id, err := s.tokens.check(tok, purpose)
+		if err != nil {
+			return httpserver.Error(c, fiber.StatusUnauthorized, err.Error())
+		}
+		k, ok := s.keys.Get(id)
+		if !ok {
+			return httpserver.Error(c, fiber.StatusUnauthorized, "token: its key was revoked")
+		}
+		httpserver.SetKey(c, k)
 		return c.Next()
 	}
-}
-
-// authStream accepts a viewer key, or a stream token of the purpose in ?token=.
-func (s *Service) authStream(purpose string) fiber.Handler {
-	return func(c *fiber.Ctx) error {
-		if tok := c.Query("token"); tok != "" {
-			id, err := s.tokens.check(tok, purpose)
-			if err != nil {
-				return deny(c, fiber.StatusUnauthorized, err.Error())
-			}
-			k, ok := s.keys.Get(id)
-			if !ok {
-				return deny(c, fiber.StatusUnauthorized, "token: its key was revoked")
-			}
-			c.Locals("key", k)
-			return c.Next()
-		}
-		return s.authKey(apikey.Viewer)(c)
-	}
-}
-
-func keyOf(c *fiber.Ctx) apikey.Key {
-	k, _ := c.Locals("key").(apikey.Key)
-	return k
 }
