@@ -32,7 +32,7 @@ import (
 // Main runs "mailpulse bench <what>".
 func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(stdout, "usage: mailpulse bench ingest|live|archive [flags]   (<what> -h lists the flags)")
+		fmt.Fprintln(stdout, "usage: mailpulse bench ingest|live|archive|consume|pipeline [flags]   (<what> -h lists the flags)")
 		return 0
 	}
 	switch args[0] {
@@ -48,6 +48,18 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "consume":
+		if err := consume(args[1:], stdout); err != nil {
+			fmt.Fprintln(stderr, "bench consume:", err)
+			return 1
+		}
+		return 0
+	case "pipeline":
+		if err := pipeline(args[1:], stdout); err != nil {
+			fmt.Fprintln(stderr, "bench pipeline:", err)
+			return 1
+		}
+		return 0
 	case "live":
 		if err := live(args[1:], stdout); err != nil {
 			fmt.Fprintln(stderr, "bench live:", err)
@@ -55,7 +67,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	fmt.Fprintf(stderr, "bench: unknown measurement %q (want ingest, live or archive)\n", args[0])
+	fmt.Fprintf(stderr, "bench: unknown measurement %q (want ingest, live, archive, consume or pipeline)\n", args[0])
 	return 2
 }
 
@@ -142,6 +154,7 @@ func ingest(args []string, out io.Writer) error {
 // env is what every load command starts from: an embedded server in a temporary directory,
 // a connection, a publisher, the provisioned log, the key store and one key of a role.
 type env struct {
+	srv   *broker.Server
 	nc    *nats.Conn
 	pub   *bus.Publisher
 	js    jetstream.JetStream
@@ -195,7 +208,7 @@ func newEnv(window int, role apikey.Role) (*env, error) {
 	if err != nil {
 		return fail(err)
 	}
-	return &env{nc: nc, pub: pub, js: pub.JetStream(), keys: keys, key: key, close: func() {
+	return &env{srv: srv, nc: nc, pub: pub, js: pub.JetStream(), keys: keys, key: key, close: func() {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
 		}

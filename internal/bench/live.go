@@ -261,12 +261,15 @@ func publishAsync(js jetstream.JetStream, m bus.Msg) error {
 	}
 }
 
-// sseReader reads one stream, recording the latency of each event and counting dropped
-// reports.
+// sseReader reads one stream, recording the latency of each event (apart for the probe
+// events of bench pipeline, of type bench.probe), the last id, and dropped reports.
 type sseReader struct {
-	lat     []time.Duration
-	n       atomic.Int64
-	dropped atomic.Int64
+	mu       sync.Mutex
+	lat      []time.Duration
+	probeLat []time.Duration
+	n        atomic.Int64
+	dropped  atomic.Int64
+	last     atomic.Uint64
 }
 
 func (r *sseReader) read(body io.Reader) {
@@ -278,6 +281,12 @@ func (r *sseReader) read(body io.Reader) {
 		}
 		if bytes.HasPrefix(line, []byte("event: dropped")) {
 			r.dropped.Add(1)
+			continue
+		}
+		if id, ok := bytes.CutPrefix(line, []byte("id: ")); ok {
+			if n, err := strconv.ParseUint(string(bytes.TrimSpace(id)), 10, 64); err == nil {
+				r.last.Store(n)
+			}
 			continue
 		}
 		if !bytes.HasPrefix(line, []byte("data: ")) {
@@ -292,9 +301,30 @@ func (r *sseReader) read(body io.Reader) {
 			j++
 		}
 		t, _ := strconv.ParseInt(string(line[i+4:j]), 10, 64)
-		r.lat = append(r.lat, time.Duration(time.Now().UnixNano()-t))
+		d := time.Duration(time.Now().UnixNano() - t)
+		r.mu.Lock()
+		if bytes.Contains(line, []byte(`"type":"bench.probe"`)) {
+			r.probeLat = append(r.probeLat, d)
+		} else {
+			r.lat = append(r.lat, d)
+		}
+		r.mu.Unlock()
 		r.n.Add(1)
 	}
+}
+
+// reset forgets the latencies recorded so far.
+func (r *sseReader) reset() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.lat, r.probeLat = nil, nil
+}
+
+// split returns copies of the probe events' latencies and the others'.
+func (r *sseReader) split() (probe, other []time.Duration) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]time.Duration(nil), r.probeLat...), append([]time.Duration(nil), r.lat...)
 }
 
 func openStreams(url, key string, n int, query func(i int) string) ([]*sseReader, func(), error) {
