@@ -3,19 +3,22 @@ package apikey_test
 import (
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
 func openTwo(t *testing.T) (*apikey.Store, *apikey.Store, jetstream.KeyValue) {
 	t.Helper()
 	s := brokertest.Start(t)
-	js, _ := jetstream.New(s.Conn())
+	js, err := jetstream.New(s.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := bus.Provision(t.Context(), js, bus.Limits{}, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -34,17 +37,6 @@ func openTwo(t *testing.T) (*apikey.Store, *apikey.Store, jetstream.KeyValue) {
 	return a, b, kv
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestKeysAcrossReplicas(t *testing.T) {
 	a, b, kv := openTwo(t)
 	plain, k, err := a.Create(t.Context(), "ci", apikey.Viewer)
@@ -55,14 +47,17 @@ func TestKeysAcrossReplicas(t *testing.T) {
 		t.Errorf("key %q does not carry its id %q", plain, k.ID)
 	}
 	// Only the hash is stored.
-	e, _ := kv.Get(t.Context(), k.ID)
+	e, err := kv.Get(t.Context(), k.ID)
+	if err != nil {
+		t.Fatalf("kv.Get(%s) = %v", k.ID, err)
+	}
 	if strings.Contains(string(e.Value()), plain[len(plain)-20:]) {
 		t.Error("the stored entry contains the key's secret")
 	}
 	if _, ok := a.Authenticate(plain, apikey.Viewer); !ok {
 		t.Error("a new key does not authenticate on the replica that made it")
 	}
-	eventually(t, "the other replica to learn the key", func() bool { _, ok := b.Authenticate(plain, apikey.Viewer); return ok })
+	poll.Until(t, "the other replica to learn the key", func() bool { _, ok := b.Authenticate(plain, apikey.Viewer); return ok })
 	if _, ok := b.Authenticate(plain, apikey.Ingest); ok {
 		t.Error("a viewer key passed as an ingest key")
 	}
@@ -72,7 +67,7 @@ func TestKeysAcrossReplicas(t *testing.T) {
 	if err := a.Revoke(t.Context(), k.ID); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the revocation to reach the other replica", func() bool { _, ok := b.Authenticate(plain); return !ok })
+	poll.Until(t, "the revocation to reach the other replica", func() bool { _, ok := b.Authenticate(plain); return !ok })
 }
 
 func TestBootstrap(t *testing.T) {
@@ -85,7 +80,7 @@ func TestBootstrap(t *testing.T) {
 	if err != nil || again != "" {
 		t.Errorf("second Bootstrap = %q, %v; want nothing new", again, err)
 	}
-	eventually(t, "replica to see the admin key", func() bool { _, ok := b.Authenticate(plain, apikey.Ingest); return ok })
+	poll.Until(t, "replica to see the admin key", func() bool { _, ok := b.Authenticate(plain, apikey.Ingest); return ok })
 	// A fixed key from the configuration, and its replacement.
 	if _, err := a.Bootstrap(t.Context(), apikey.Ingest, "fixed-ingest-key-0123"); err != nil {
 		t.Fatal(err)
@@ -96,7 +91,9 @@ func TestBootstrap(t *testing.T) {
 	if _, ok := a.Authenticate("fixed-ingest-key-0123", apikey.Admin); ok {
 		t.Error("fixed ingest key passed as admin")
 	}
-	a.Bootstrap(t.Context(), apikey.Ingest, "fixed-ingest-key-4567")
+	if _, err := a.Bootstrap(t.Context(), apikey.Ingest, "fixed-ingest-key-4567"); err != nil {
+		t.Fatal(err)
+	}
 	if _, ok := a.Authenticate("fixed-ingest-key-0123", apikey.Ingest); ok {
 		t.Error("the replaced fixed key still works")
 	}

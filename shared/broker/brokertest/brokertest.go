@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/mailpulse/mailpulse/shared/broker"
+	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
 // Credentials of the TCP listener of servers started with TCP.
@@ -17,6 +18,9 @@ const (
 	User     = "test"
 	Password = "test-password"
 )
+
+// restartWithin bounds how long Start keeps trying to start a server again.
+const restartWithin = 10 * time.Second
 
 // Server is a test's embedded server. It can be stopped and started again on the same
 // store and port, to test what survives a broker restart.
@@ -64,18 +68,17 @@ func (s *Server) Restart() {
 func (s *Server) Start() {
 	s.t.Helper()
 	var err error
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		// The port can stay busy for a moment after a shutdown.
+	// The port can stay busy for a moment after a shutdown: try again for a while.
+	started := poll.Wait(restartWithin, func() bool {
 		var ns *broker.Server
-		if ns, err = broker.Start(s.cfg, nil); err == nil {
-			s.Server = ns
-			return
+		if ns, err = broker.Start(s.cfg, nil); err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("restart embedded NATS: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
+		s.Server = ns
+		return true
+	})
+	if !started {
+		s.t.Fatalf("restart embedded NATS: %v", err)
 	}
 }
 
