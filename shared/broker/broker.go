@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -83,6 +84,14 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 			{Username: cfg.User, Password: cfg.Password},
 		}
 	}
+	if cfg.Listen != "" && !strings.HasSuffix(cfg.Listen, ":0") {
+		// The server only logs a busy port and then never becomes ready: say so at once.
+		ln, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("broker: listen on %s: %w", cfg.Listen, err)
+		}
+		ln.Close()
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
@@ -97,6 +106,7 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	}
 	if !ns.ReadyForConnections(wait) {
 		ns.Shutdown()
+		ns.WaitForShutdown()
 		return nil, fmt.Errorf("broker: not ready after %s (is the store dir %s locked by another process?)", wait, cfg.StoreDir)
 	}
 	s.ns = ns

@@ -207,6 +207,10 @@ func ParseQuery(q url.Values, now time.Time) (Query, error) {
 	if !out.From.IsZero() && !out.To.IsZero() && out.To.Before(out.From) {
 		errs = append(errs, errors.New("from is after to: the range is reversed"))
 	}
+	// The default from is a day before to: both must stay in the years a time is written in.
+	if !out.To.IsZero() && (out.From.Year() < 1 || out.To.Year() > 9999) {
+		errs = append(errs, errors.New("from and to: want times between the years 1 and 9999"))
+	}
 	for _, name := range []string{"types", "type"} {
 		for _, p := range splitList(q[name]) {
 			if err := filter.ValidPattern(p); err != nil {
@@ -256,7 +260,15 @@ func ParseQuery(q url.Values, now time.Time) (Query, error) {
 		}
 		out.Cursor = v
 	}
-	for name, vals := range q {
+	// In name order, so that two spellings of one key (remote-ip, remoteIp) merge the same
+	// way every time.
+	names := make([]string, 0, len(q))
+	for name := range q {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		vals := q[name]
 		if reserved[name] {
 			continue
 		}
@@ -269,6 +281,9 @@ func ParseQuery(q url.Values, now time.Time) (Query, error) {
 		if len(v) > MaxValueLen {
 			errs = append(errs, fmt.Errorf("%s: longer than %d characters", key, MaxValueLen))
 			continue
+		}
+		if prev, ok := out.Keys[key]; ok {
+			v = prev + "," + v
 		}
 		out.Keys[key] = v
 	}

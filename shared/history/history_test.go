@@ -492,3 +492,18 @@ func TestStoredRefusesInvalidJSON(t *testing.T) {
 		t.Errorf("json.Marshal(page with a corrupt event) = %v, want a *json.MarshalerError", err)
 	}
 }
+
+// Bugs found by reading: a range whose default start falls before year 1 could not be sent
+// to an archiver (a 503 instead of a 400), and two spellings of one key kept a random one.
+func TestParseQueryEdges(t *testing.T) {
+	now := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
+	if _, err := history.ParseQuery(url.Values{"to": {"0000-01-01T00:00:00Z"}}, now); err == nil || !strings.Contains(err.Error(), "years 1 and 9999") {
+		t.Errorf("to=0000-01-01: %v, want the range refused", err)
+	}
+	for range 20 {
+		q, err := history.ParseQuery(url.Values{"remote-ip": {"a"}, "remoteIp": {"b"}}, now)
+		if err != nil || q.Keys["remoteIp"] != "b,a" {
+			t.Fatalf("remote-ip=a&remoteIp=b = %v, %v; want both values, in name order", q.Keys, err)
+		}
+	}
+}
