@@ -502,7 +502,7 @@ func TestParseQueryEdges(t *testing.T) {
 	}
 	for range 20 {
 		q, err := history.ParseQuery(url.Values{"remote-ip": {"a"}, "remoteIp": {"b"}}, now)
-		if err != nil || q.Keys["remoteIp"] != "b,a" {
+		if err != nil || q.Keys["remoteIp"] != "a,b" {
 			t.Fatalf("remote-ip=a&remoteIp=b = %v, %v; want both values, in name order", q.Keys, err)
 		}
 	}
