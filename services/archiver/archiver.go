@@ -6,6 +6,7 @@
 package archiver
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -175,8 +176,7 @@ func (s *Service) answerSpans(ctx context.Context, m *nats.Msg) {
 			reply = history.SpansReply{Spans: spans, Total: total}
 		}
 	}
-	b, _ := json.Marshal(reply)
-	_ = m.Respond(b)
+	respond(m, reply)
 	s.metrics.querySeconds.WithLabelValues("spans").Observe(time.Since(start).Seconds())
 }
 
@@ -199,8 +199,7 @@ func (s *Service) answerQuery(ctx context.Context, m *nats.Msg) {
 			reply = history.QueryReply{Page: &page}
 		}
 	}
-	b, _ := json.Marshal(reply)
-	_ = m.Respond(b)
+	respond(m, reply)
 	s.metrics.querySeconds.WithLabelValues("query").Observe(time.Since(start).Seconds())
 }
 
@@ -218,8 +217,7 @@ func (s *Service) answerSpan(ctx context.Context, m *nats.Msg) {
 	default:
 		reply = history.SpanReply{Span: &sp, Events: evs}
 	}
-	b, _ := json.Marshal(reply)
-	_ = m.Respond(b)
+	respond(m, reply)
 	s.metrics.querySeconds.WithLabelValues("span").Observe(time.Since(start).Seconds())
 }
 
@@ -270,4 +268,18 @@ func newArchiverMetrics(reg prometheus.Registerer, s *Service) *archiverMetrics 
 		}),
 	)
 	return m
+}
+
+// respond answers a history request. Events go out as they were stored: encoding/json would
+// rewrite <, > and & in them (\u003c…), which changes the bytes of a message id such as
+// <a@b>. An answer that cannot be encoded is answered with the error instead of silence.
+func respond(m *nats.Msg, reply any) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(reply); err != nil {
+		b.Reset()
+		_ = json.NewEncoder(&b).Encode(map[string]any{"error": "encode the answer: " + err.Error(), "code": 500})
+	}
+	_ = m.Respond(bytes.TrimSuffix(b.Bytes(), []byte("\n")))
 }

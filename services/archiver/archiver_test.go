@@ -383,3 +383,16 @@ func TestArchiverContinuesAfterARebuild(t *testing.T) {
 	h.publish(200, "smtp.ehlo", `{}`, 300)
 	eventually(t, "the 200 new events archived after the rebuild", func() bool { return h.count(history.Query{}) == 500 })
 }
+
+// The history answers with each event as it was stored, byte for byte: a message id such
+// as <a@b> used to come back as \u003ca@b\u003e.
+func TestQueryAnswersEventsAsStored(t *testing.T) {
+	h := newHarness(t)
+	h.publish(1, "smtp.mail-from", `{"messageId":"<a&b@example.org>"}`, 0)
+	h.run(archiver.Config{})
+	eventually(t, "the event archived", func() bool { return h.count(history.Query{}) == 1 })
+	r := h.query(history.Query{From: time.Now().Add(-time.Hour), To: time.Now().Add(time.Hour), Limit: 10})
+	if r.Page == nil || len(r.Page.Events) != 1 || !strings.Contains(string(r.Page.Events[0].Raw()), `"messageId":"<a&b@example.org>"`) {
+		t.Fatalf("reply %+v: want the event's bytes unchanged", r)
+	}
+}

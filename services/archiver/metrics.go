@@ -31,8 +31,7 @@ func (s *Service) answerMetrics(ctx context.Context, m *nats.Msg) {
 			reply.Series = BuildSeries(snaps, req)
 		}
 	}
-	b, _ := json.Marshal(reply)
-	_ = m.Respond(b)
+	respond(m, reply)
 	s.metrics.querySeconds.WithLabelValues("metrics").Observe(time.Since(start).Seconds())
 }
 
