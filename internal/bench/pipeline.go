@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"sync/atomic"
@@ -41,6 +42,8 @@ func pipeline(args []string, out io.Writer) error {
 	rate := fs.Int("latency-rate", 5000, "events/s of the latency phase")
 	latSeconds := fs.Int("latency-seconds", 20, "length of the latency phase")
 	burst := fs.Int("ingest-events", 100_000, "events of the HTTP ingest ratio phase")
+	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the latency phase to this file")
+	skipSearch := fs.Bool("skip-search", false, "skip the two rate searches (latency and ingest phases only)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -57,7 +60,10 @@ func pipeline(args []string, out io.Writer) error {
 		return err
 	}
 	fmt.Fprintf(out, "raw baseline: JetStream publish (async, with ids) → 4 durable pull consumers (decode, ack); probes of %s\n", probe)
-	rawRate := search(out, "raw", *start, *steps, func(r int) (bool, string) { return raw.probe(r, probe) })
+	rawRate := 0
+	if !*skipSearch {
+		rawRate = search(out, "raw", *start, *steps, func(r int) (bool, string) { return raw.probe(r, probe) })
+	}
 	raw.stop()
 	env.close()
 
@@ -68,12 +74,27 @@ func pipeline(args []string, out io.Writer) error {
 	}
 	defer m.close()
 	fmt.Fprintf(out, "pipeline: HTTP ingest (batches of 100, 4 clients) → producer → log → gateway (%d SSE clients) + archiver (SQLite)\n", *clients)
-	pipeRate := search(out, "pipeline", *start, *steps, func(r int) (bool, string) { return m.probe(r, probe) })
-	fmt.Fprintf(out, "highest rate kept up: pipeline %d/s, raw %d/s: ratio %.2f (target ≥ 0.8)\n", pipeRate, rawRate, float64(pipeRate)/float64(rawRate))
+	if !*skipSearch {
+		pipeRate := search(out, "pipeline", *start, *steps, func(r int) (bool, string) { return m.probe(r, probe) })
+		fmt.Fprintf(out, "highest rate kept up: pipeline %d/s, raw %d/s: ratio %.2f (target ≥ 0.8)\n", pipeRate, rawRate, float64(pipeRate)/float64(rawRate))
+	}
 
 	// Latency with everything running: the load comes over HTTP; probe events published
 	// straight to JetStream (1 in 50) time publish → SSE as bench live does.
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer f.Close()
+	}
 	lat, httpLat, err := m.latency(*rate, time.Duration(*latSeconds)*time.Second)
+	if *cpuprofile != "" {
+		pprof.StopCPUProfile()
+	}
 	if err != nil {
 		return err
 	}
