@@ -174,7 +174,11 @@ func StreamConfigs(l Limits) []jetstream.StreamConfig {
 			Storage:     jetstream.FileStorage,
 			MaxAge:      l.DeadLetterMaxAge,
 			MaxBytes:    1 << 30,
-			Replicas:    l.Replicas,
+			// Dead letters carry the consumer and sequence as their id. The window is set
+			// explicitly: left to the server's default it reads back as a change, and every
+			// start updated the stream (and said so).
+			Duplicates: l.Duplicates,
+			Replicas:   l.Replicas,
 		})
 	}
 	return cfgs

@@ -1,9 +1,12 @@
 package bus_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -204,5 +207,22 @@ func TestPublishAllSaturatedWhenDeadlinePasses(t *testing.T) {
 		if err == nil {
 			t.Errorf("msg %d stored without a stream", i)
 		}
+	}
+}
+
+// A second provisioning with the same limits changes nothing and says nothing; every start
+// used to log "stream updated" for each dead-letter stream.
+func TestProvisionTwiceIsSilent(t *testing.T) {
+	s := brokertest.Start(t)
+	js, _ := jetstream.New(s.Conn())
+	var first, second bytes.Buffer
+	if err := bus.Provision(t.Context(), js, bus.Limits{}, slog.New(slog.NewTextHandler(&first, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if err := bus.Provision(t.Context(), js, bus.Limits{}, slog.New(slog.NewTextHandler(&second, nil))); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(first.String(), "stream created") || second.Len() != 0 {
+		t.Fatalf("first provisioning logged %q; the second logged %q, want nothing", first.String(), second.String())
 	}
 }
