@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"golang.org/x/crypto/bcrypt"
 
@@ -41,6 +42,14 @@ func startBroker(p *config.Process, log *slog.Logger, info *Ready) (*broker.Serv
 			if pass, err = generatedPassword(filepath.Join(p.DataDir, "nats-credentials.json"), user, info); err != nil {
 				return nil, err
 			}
+		} else if !strings.HasPrefix(pass, "$2") {
+			// A configured password is hashed before the server sees it: it then holds no
+			// plaintext secret.
+			hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.DefaultCost)
+			if err != nil {
+				return nil, fmt.Errorf("hash the NATS password: %w", err)
+			}
+			pass = string(hash)
 		}
 		bc.User, bc.Password = user, pass
 		info.NATSUser = user

@@ -5,8 +5,6 @@
 package broker
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 )
 
 // Config configures the embedded server.
@@ -26,8 +25,9 @@ type Config struct {
 	// Listen is an optional TCP address ("127.0.0.1:4222", or port 0 for any free port).
 	// Empty means in-process connections only: nothing outside the process can connect.
 	Listen string
-	// User and Password are the credentials the TCP listener requires. Password may be a
-	// bcrypt hash ($2a$…), which the server compares against the plain password clients send.
+	// User and Password are the credentials the TCP listener requires. Password should be a
+	// bcrypt hash ($2a$…), which the server compares against the plain password clients
+	// send; a plaintext one works, and the server warns about it.
 	User, Password string
 	// MaxStore bounds the JetStream file store in bytes (0: the server's default, a share of
 	// the disk).
@@ -40,9 +40,8 @@ type Config struct {
 
 // Server is a running embedded NATS server.
 type Server struct {
-	ns           *server.Server
-	internalUser string
-	internalPass string
+	ns       *server.Server
+	internal nkeys.KeyPair // the in-process services' identity, when the listener needs auth
 }
 
 // Start starts the server and waits until it accepts connections.
@@ -77,12 +76,20 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 			p = server.RANDOM_PORT
 		}
 		opts.Host, opts.Port = host, p
-		// The services of this process authenticate with a password that never leaves it.
-		s.internalUser, s.internalPass = "mailpulse-internal", randomHex(24)
-		opts.Users = []*server.User{
-			{Username: s.internalUser, Password: s.internalPass},
-			{Username: cfg.User, Password: cfg.Password},
+		// The services of this process authenticate with an nkey that never leaves it: a
+		// signature, not a password, so the server holds no plaintext secret (it warns of
+		// plaintext passwords, and rightly).
+		kp, err := nkeys.CreateUser()
+		if err != nil {
+			return nil, fmt.Errorf("broker: internal key: %w", err)
 		}
+		pub, err := kp.PublicKey()
+		if err != nil {
+			return nil, fmt.Errorf("broker: internal key: %w", err)
+		}
+		s.internal = kp
+		opts.Nkeys = []*server.NkeyUser{{Nkey: pub}}
+		opts.Users = []*server.User{{Username: cfg.User, Password: cfg.Password}}
 	}
 	if cfg.Listen != "" && !strings.HasSuffix(cfg.Listen, ":0") {
 		// The server only logs a busy port and then never becomes ready: say so at once.
@@ -117,8 +124,9 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 // process. The options given come after mailpulse's own.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	base := []nats.Option{nats.InProcessServer(s.ns)}
-	if s.internalUser != "" {
-		base = append(base, nats.UserInfo(s.internalUser, s.internalPass))
+	if s.internal != nil {
+		pub, _ := s.internal.PublicKey()
+		base = append(base, nats.Nkey(pub, s.internal.Sign))
 	}
 	nc, err := nats.Connect("", append(base, opts...)...)
 	if err != nil {
@@ -148,12 +156,6 @@ func (s *Server) Port() int {
 func (s *Server) Shutdown() {
 	s.ns.Shutdown()
 	s.ns.WaitForShutdown()
-}
-
-func randomHex(n int) string {
-	b := make([]byte, n)
-	_, _ = rand.Read(b) // never fails (crypto/rand)
-	return hex.EncodeToString(b)
 }
 
 // slogAdapter sends the server's log to slog. Its notices (a banner of a dozen lines at

@@ -1,6 +1,9 @@
 package broker_test
 
 import (
+	"bytes"
+	"log/slog"
+	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
@@ -119,5 +122,26 @@ func TestStartAfterShutdown(t *testing.T) {
 	nc := s.Conn()
 	if err := nc.Flush(); err != nil {
 		t.Errorf("Flush on the started-again server = %v", err)
+	}
+}
+
+// With the listener on, the server holds no plaintext password: the in-process services
+// sign with an nkey. It used to log "Plaintext passwords detected" at every start.
+func TestNoPlaintextPasswordWarning(t *testing.T) {
+	hash, _ := bcrypt.GenerateFromPassword([]byte("s3cret"), bcrypt.MinCost)
+	var logs bytes.Buffer
+	s, err := broker.Start(broker.Config{StoreDir: t.TempDir(), Listen: "127.0.0.1:0", User: "ops", Password: string(hash)},
+		slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Shutdown)
+	nc, err := s.Connect()
+	if err != nil {
+		t.Fatalf("in-process connection with the internal key: %v", err)
+	}
+	nc.Close()
+	if strings.Contains(logs.String(), "Plaintext passwords detected") {
+		t.Fatalf("the server warned about plaintext passwords:\n%s", logs.String())
 	}
 }
