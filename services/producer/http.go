@@ -56,7 +56,7 @@ func (h *httpServer) ready() error {
 
 // events is POST /api/v1/events: a JSON array or NDJSON of native events.
 func (h *httpServer) events(c *fiber.Ctx) error {
-	return h.accept(c, "events", event.SplitBatch, h.s.defaults.Parse)
+	return h.accept(c, "events", event.SplitBatch, h.s.defaults.Parse, byID)
 }
 
 // stalwart is POST /ingest/stalwart: Stalwart's webhook payload.
@@ -81,7 +81,7 @@ func (h *httpServer) stalwart(c *fiber.Ctx) error {
 		}
 		d.Source = src
 	}
-	return h.accept(c, "stalwart", event.SplitStalwart, d.ParseStalwart)
+	return h.accept(c, "stalwart", event.SplitStalwart, d.ParseStalwart, byContent)
 }
 
 // validSignature checks Stalwart's X-Signature: base64(HMAC-SHA256(secret, body)), in
@@ -104,7 +104,7 @@ type eventError struct {
 
 // accept splits, validates and stores a batch, answering 202 only once JetStream has stored
 // every accepted event.
-func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, int) ([][]byte, error), parse func([]byte) (event.Event, error)) (err error) {
+func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, int) ([][]byte, error), parse func([]byte) (event.Event, error), key func(*event.Event, []byte) string) (err error) {
 	start := time.Now()
 	defer func() {
 		h.s.metrics.duration.WithLabelValues(endpoint, strconv.Itoa(c.Response().StatusCode())).Observe(time.Since(start).Seconds())
@@ -140,7 +140,7 @@ func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, in
 	ctx, cancel := context.WithTimeout(context.Background(), h.s.cfg.Ingest.Timeout)
 	defer cancel()
 	errs := make([]error, len(evs))
-	h.s.ingest(ctx, evs, errs)
+	dups := h.s.ingest(ctx, evs, errs, key)
 	stored, failed := 0, 0
 	var firstErr error
 	for _, err := range errs {
@@ -153,7 +153,8 @@ func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, in
 			}
 		}
 	}
-	m.stored.WithLabelValues(endpoint).Add(float64(stored))
+	m.stored.WithLabelValues(endpoint).Add(float64(stored - dups))
+	m.duplicates.WithLabelValues(endpoint).Add(float64(dups))
 	if failed > 0 {
 		m.unavailable.WithLabelValues(endpoint).Add(float64(failed))
 		status := fiber.StatusServiceUnavailable
@@ -163,9 +164,11 @@ func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, in
 		c.Set(fiber.HeaderRetryAfter, "1")
 		// Sending the whole batch again is safe for events with an id: those already
 		// stored are recognised and stored once.
-		return c.Status(status).JSON(fiber.Map{"error": firstErr.Error(), "stored": stored, "notStored": failed, "rejected": rejectedCount, "errors": rejected})
+		return c.Status(status).JSON(fiber.Map{"error": firstErr.Error(), "stored": stored - dups, "duplicates": dups, "notStored": failed, "rejected": rejectedCount, "errors": rejected})
 	}
-	return c.Status(fiber.StatusAccepted).JSON(fiber.Map{"accepted": stored, "rejected": rejectedCount, "errors": rejected})
+	// accepted counts the events stored now; duplicates, those the log already had (a batch
+	// sent again): together, every valid event of the request is in the log once.
+	return c.Status(fiber.StatusAccepted).JSON(fiber.Map{"accepted": stored - dups, "duplicates": dups, "rejected": rejectedCount, "errors": rejected})
 }
 
 func defaultInstance() string {

@@ -7,6 +7,8 @@ package producer
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -107,10 +109,12 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // ingest encodes and publishes evs, waits until each is stored or failed, and projects the
-// stored ones into the metrics. errs[i] reports evs[i].
-func (s *Service) ingest(ctx context.Context, evs []event.Event, errs []error) {
+// newly stored ones into the metrics. errs[i] reports evs[i]; it returns how many of the
+// stored events the log already had (sent again within the duplicate window). key gives the
+// id JetStream deduplicates an event by (byID or byContent).
+func (s *Service) ingest(ctx context.Context, evs []event.Event, errs []error, key func(e *event.Event, encoded []byte) string) (duplicates int) {
 	if len(evs) == 0 {
-		return
+		return 0
 	}
 	size := 0
 	for i := range evs {
@@ -121,10 +125,33 @@ func (s *Service) ingest(ctx context.Context, evs []event.Event, errs []error) {
 	for i := range evs {
 		start := len(buf)
 		buf = evs[i].AppendJSON(buf)
-		msgs[i] = bus.Msg{Subject: bus.EventSubject(evs[i].Type), ID: evs[i].ID, Data: buf[start:len(buf):len(buf)]}
+		enc := buf[start:len(buf):len(buf)]
+		msgs[i] = bus.Msg{Subject: bus.EventSubject(evs[i].Type), ID: key(&evs[i], enc), Data: enc}
 	}
-	s.deps.Publisher.PublishAll(ctx, msgs, errs)
-	s.proj.observe(evs, func(i int) bool { return errs[i] == nil })
+	dups := make([]bool, len(evs))
+	s.deps.Publisher.PublishAllDuplicates(ctx, msgs, errs, dups)
+	for _, d := range dups {
+		if d {
+			duplicates++
+		}
+	}
+	// A duplicate was counted when it was first stored.
+	s.proj.observe(evs, func(i int) bool { return errs[i] == nil && !dups[i] })
+	return duplicates
+}
+
+// byID deduplicates by the event's source and id: a client that sends an event again with
+// its id has it stored once, and two sources' ids never collide.
+func byID(e *event.Event, _ []byte) string { return e.Source + "\x00" + e.ID }
+
+// byContent deduplicates by a digest of the whole event as stored (source, id, time, type,
+// level, data). Stalwart's ids do not identify an event: they are a timestamp, a per-process
+// counter and a type number, so two servers, or one server across restarts, send the same
+// id for different events, and Stalwart before 0.16.11 reuses ids within a second. A batch
+// Stalwart sends again is identical, so it is still stored once.
+func byContent(_ *event.Event, encoded []byte) string {
+	sum := sha256.Sum256(encoded)
+	return base64.RawURLEncoding.EncodeToString(sum[:18])
 }
 
 // runSimulator feeds simulated traffic at the configured rate, in small batches.
@@ -160,7 +187,7 @@ func (s *Service) runSimulator(ctx context.Context) error {
 				errs = append(errs, nil)
 			}
 			pctx, cancel := context.WithTimeout(ctx, s.cfg.Ingest.Timeout)
-			s.ingest(pctx, evs, errs)
+			s.ingest(pctx, evs, errs, byID)
 			cancel()
 			stored := 0
 			for _, err := range errs {
@@ -254,6 +281,7 @@ type serviceMetrics struct {
 	received      *prometheus.CounterVec
 	rejected      *prometheus.CounterVec
 	stored        *prometheus.CounterVec
+	duplicates    *prometheus.CounterVec
 	unavailable   *prometheus.CounterVec
 	duration      *prometheus.HistogramVec
 	simulated     prometheus.Counter
@@ -268,6 +296,7 @@ func newServiceMetrics(reg *prometheus.Registry, pub *bus.Publisher) *serviceMet
 		received:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_events_received_total", Help: "Events received by the ingest API, by endpoint."}, []string{"endpoint"}),
 		rejected:      prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_events_rejected_total", Help: "Events rejected as invalid, by endpoint."}, []string{"endpoint"}),
 		stored:        prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_events_stored_total", Help: "Events stored in the log, by endpoint."}, []string{"endpoint"}),
+		duplicates:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_events_duplicates_total", Help: "Events the log already had (sent again within the duplicate window), by endpoint."}, []string{"endpoint"}),
 		unavailable:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_events_unavailable_total", Help: "Events answered with 503 because the log did not store them in time, by endpoint."}, []string{"endpoint"}),
 		duration:      prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mailpulse_producer_request_duration_seconds", Help: "Ingest request latency, by endpoint and status.", Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}}, []string{"endpoint", "status"}),
 		simulated:     prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_simulated_events_total", Help: "Simulated events stored."}),
@@ -277,7 +306,7 @@ func newServiceMetrics(reg *prometheus.Registry, pub *bus.Publisher) *serviceMet
 		snapshots:     prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_snapshots_published_total", Help: "Metric snapshots published."}),
 	}
 	st := pub.Stats()
-	reg.MustRegister(m.received, m.rejected, m.stored, m.unavailable, m.duration, m.simulated, m.simulatorLost, m.scrapes, m.scrapeErrors, m.snapshots,
+	reg.MustRegister(m.received, m.rejected, m.stored, m.duplicates, m.unavailable, m.duration, m.simulated, m.simulatorLost, m.scrapes, m.scrapeErrors, m.snapshots,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_stored_total", Help: "Messages JetStream acknowledged as stored."}, func() float64 { return float64(st.Stored.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_duplicates_total", Help: "Messages JetStream recognised as already stored (same id)."}, func() float64 { return float64(st.Duplicates.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_retries_total", Help: "Messages sent again after no acknowledgement."}, func() float64 { return float64(st.Retries.Load()) }),

@@ -105,7 +105,8 @@ func (h *harness) shutdown() {
 
 type response struct {
 	Status   int
-	Accepted int               `json:"accepted"`
+	Accepted   int             `json:"accepted"`
+	Duplicates int             `json:"duplicates"`
 	Rejected int               `json:"rejected"`
 	Error    string            `json:"error"`
 	Errors   []json.RawMessage `json:"errors"`
@@ -269,10 +270,12 @@ func TestStalwartWebhookSigned(t *testing.T) {
 		}
 	}
 	good := map[string]string{"X-Signature": sign("hook-secret", string(body)), "Content-Type": "application/json"}
-	for range 2 { // Stalwart retries the whole batch when it sees no 2xx
-		if r := h.post("/ingest/stalwart", string(body), good); r.Status != 202 || r.Accepted != 3 {
-			t.Fatalf("signed batch: %+v", r)
-		}
+	if r := h.post("/ingest/stalwart", string(body), good); r.Status != 202 || r.Accepted != 3 || r.Duplicates != 0 {
+		t.Fatalf("signed batch: %+v", r)
+	}
+	// Stalwart retries the whole batch when it sees no 2xx: stored once, and said so.
+	if r := h.post("/ingest/stalwart", string(body), good); r.Status != 202 || r.Accepted != 0 || r.Duplicates != 3 {
+		t.Fatalf("the same batch again: %+v, want 0 accepted and 3 duplicates", r)
 	}
 	evs := h.stored()
 	if len(evs) != 3 {
@@ -513,5 +516,32 @@ func TestScrapedStalwartPageReachesTheLog(t *testing.T) {
 	}
 	if hs := snap.Histograms["message.size"]; hs.Count != 3 || hs.Counts[0] != 1 || hs.Counts[1] != 2 || hs.Counts[2] != 3 {
 		t.Errorf("message.size = %+v, want per-bucket 1,1 made cumulative 1,2,3", hs)
+	}
+}
+
+// Stalwart's ids do not identify an event: two servers, one server across restarts, and
+// Stalwart ≤ 0.16.10 within a second send the same id for different events. Each is stored;
+// the same batch sent again is still stored once.
+func TestStalwartIDsDoNotCollapseDifferentEvents(t *testing.T) {
+	h := start(t, producer.Config{}, false)
+	key := map[string]string{"Authorization": "Bearer " + h.key}
+	batch := func(remote string) string {
+		return `{"events":[{"id":1724000000123437,"createdAt":"2026-11-21T10:00:00Z","type":"auth.failed","data":{"remoteIp":"` + remote + `"}}]}`
+	}
+	for _, tc := range []struct {
+		query, remote string
+		accepted, dup int
+	}{
+		{"?source=mx1.example.org", "192.0.2.1", 1, 0},
+		{"?source=mx2.example.org", "192.0.2.1", 1, 0}, // another server, same id and content
+		{"?source=mx1.example.org", "192.0.2.2", 1, 0}, // the same server reusing the id
+		{"?source=mx1.example.org", "192.0.2.1", 0, 1}, // a retry
+	} {
+		if r := h.post("/ingest/stalwart"+tc.query, batch(tc.remote), key); r.Status != 202 || r.Accepted != tc.accepted || r.Duplicates != tc.dup {
+			t.Fatalf("%s %s: %+v, want %d accepted, %d duplicates", tc.query, tc.remote, r, tc.accepted, tc.dup)
+		}
+	}
+	if n := len(h.stored()); n != 3 {
+		t.Fatalf("stored %d events, want the 3 different ones", n)
 	}
 }

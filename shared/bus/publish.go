@@ -92,8 +92,15 @@ func (p *Publisher) Stats() *PublishStats { return &p.stats }
 // unknown (ctx ended before its acknowledgement) is reported as not stored: sending it again
 // is safe, as its id makes JetStream store it once.
 func (p *Publisher) PublishAll(ctx context.Context, msgs []Msg, errs []error) {
-	if len(errs) != len(msgs) {
-		panic("bus: PublishAll: errs and msgs differ in length")
+	p.PublishAllDuplicates(ctx, msgs, errs, nil)
+}
+
+// PublishAllDuplicates is PublishAll that also tells, in dups (as long as msgs), which of
+// the stored messages JetStream already had: an id seen within the duplicate window, stored
+// once and not twice.
+func (p *Publisher) PublishAllDuplicates(ctx context.Context, msgs []Msg, errs []error, dups []bool) {
+	if len(errs) != len(msgs) || (dups != nil && len(dups) != len(msgs)) {
+		panic("bus: PublishAll: errs, dups and msgs differ in length")
 	}
 	pending := make([]int, len(msgs))
 	for i := range pending {
@@ -134,6 +141,9 @@ func (p *Publisher) PublishAll(ctx context.Context, msgs []Msg, errs []error) {
 			select {
 			case ack := <-f.Ok():
 				errs[i] = nil
+				if dups != nil {
+					dups[i] = ack.Duplicate
+				}
 				if ack.Duplicate {
 					p.stats.Duplicates.Add(1)
 				} else {
