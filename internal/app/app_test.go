@@ -3,7 +3,10 @@ package app_test
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -275,5 +278,46 @@ func TestBadSettingsStopStartUp(t *testing.T) {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}
+	}
+}
+
+// The banner's first command runs as printed, in a shell, on a second start (when the keys
+// are variables): single quotes used to send the literal "$MAILPULSE_INGEST_KEY".
+func TestBannerCommandRunsAsPrinted(t *testing.T) {
+	if _, err := exec.LookPath("curl"); err != nil {
+		t.Fatal("curl is needed to run the banner's command (apt-get install curl)")
+	}
+	r, stop := runAll(t, t.TempDir(), []string{"MAILPULSE_SIMULATE=0"})
+	defer stop()
+	second := r
+	second.AdminKey, second.IngestKey, second.NATSPass = "", "", ""
+	var b strings.Builder
+	app.PrintBanner(&b, second)
+	banner := b.String()
+	i := strings.Index(banner, "curl -H")
+	if i < 0 {
+		t.Fatalf("no command in the banner:\n%s", banner)
+	}
+	cmd := banner[i:]
+	cmd = cmd[:strings.Index(cmd, "/api/v1/events")+len("/api/v1/events")]
+	c := exec.Command("sh", "-c", cmd+" -s")
+	c.Env = append(os.Environ(), "MAILPULSE_INGEST_KEY="+r.IngestKey)
+	out, err := c.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"accepted":1`) {
+		t.Fatalf("%s\n= %s %v; want the event accepted", cmd, out, err)
+	}
+	for _, want := range []string{"/api/v1/events   sessions", "/metrics/prometheus"} {
+		if !strings.Contains(banner, want) {
+			t.Errorf("banner lacks %q:\n%s", want, banner)
+		}
+	}
+}
+
+// A role's banner lists only what the role serves.
+func TestArchiverBannerListsNoGatewayRoute(t *testing.T) {
+	var b strings.Builder
+	app.PrintBanner(&b, app.Ready{Role: "archiver", HTTPAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8082}})
+	if strings.Contains(b.String(), "/api/v1/live/events") || !strings.Contains(b.String(), "127.0.0.1:8082/healthz") {
+		t.Fatalf("archiver banner:\n%s", b.String())
 	}
 }

@@ -10,8 +10,8 @@ import (
 // Ready describes a started process, for the banner and for tests.
 type Ready struct {
 	Role       string
-	IngestAddr net.Addr
-	HTTPAddr   net.Addr
+	IngestAddr net.Addr // the producer's ingest API
+	HTTPAddr   net.Addr // the gateway, or the archiver's own health and metrics when it runs alone
 	NATSURL    string // the embedded server's TCP URL, if it listens
 	NATSUser   string
 	NATSPass   string // only when generated now
@@ -32,9 +32,14 @@ func PrintBanner(w io.Writer, r Ready) {
 		fmt.Fprintf(w, ", embedded NATS, data in %s", r.DataDir)
 	}
 	fmt.Fprintf(w, ")\n\n")
-	if api != "" {
+	gateway := api != "" && (r.Role == "all" || r.Role == "live-gateway")
+	if gateway {
 		fmt.Fprintf(w, "  live events      http://%s/api/v1/live/events   (SSE; Stalwart clients: /api/live/tracing)\n", api)
-		fmt.Fprintf(w, "  API              http://%s/api/v1/keys   health: http://%s/healthz\n", api, api)
+		fmt.Fprintf(w, "  history          http://%s/api/v1/events   sessions: /api/v1/spans/{id}   replay: /api/v1/replay\n", api)
+		fmt.Fprintf(w, "  metrics          http://%s/metrics/prometheus (the mail servers')   http://%s/metrics (mailpulse's own)\n", api, api)
+		fmt.Fprintf(w, "  API keys         http://%s/api/v1/keys   health: http://%s/healthz\n", api, api)
+	} else if api != "" {
+		fmt.Fprintf(w, "  health           http://%s/healthz   metrics: http://%s/metrics (admin or viewer key)\n", api, api)
 	}
 	if ingest != "" {
 		fmt.Fprintf(w, "  ingest API       http://%s/api/v1/events\n", ingest)
@@ -72,14 +77,14 @@ func PrintBanner(w io.Writer, r Ready) {
 		key = "$MAILPULSE_INGEST_KEY"
 	}
 	if ingest != "" {
-		fmt.Fprintf(w, "\n  Try:\n    curl -H 'Authorization: Bearer %s' \\\n      -d '[{\"type\":\"smtp.ehlo\",\"data\":{\"domain\":\"mx.example.com\"}}]' http://%s/api/v1/events\n", key, ingest)
+		fmt.Fprintf(w, "\n  Try:\n    curl -H \"Authorization: Bearer %s\" \\\n      -d '[{\"type\":\"smtp.ehlo\",\"data\":{\"domain\":\"mx.example.com\"}}]' http://%s/api/v1/events\n", key, ingest)
 	}
-	if api != "" {
+	if gateway {
 		admin := r.AdminKey
 		if admin == "" {
 			admin = "$MAILPULSE_ADMIN_KEY"
 		}
-		fmt.Fprintf(w, "    curl -N -H 'Authorization: Bearer %s' 'http://%s/api/v1/live/events?types=smtp.*&level=info'\n", admin, api)
+		fmt.Fprintf(w, "    curl -N -H \"Authorization: Bearer %s\" 'http://%s/api/v1/live/events?types=smtp.*&level=info'\n", admin, api)
 	}
 	fmt.Fprintln(w)
 }
