@@ -26,6 +26,7 @@ import (
 	"github.com/mailpulse/mailpulse/shared/broker"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/config"
+	"github.com/mailpulse/mailpulse/shared/datadir"
 	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
 
@@ -39,6 +40,13 @@ func Run(ctx context.Context, role string, set *Settings, log *slog.Logger, read
 	}
 	p := &set.Process
 	info := Ready{Role: role, DataDir: p.DataDir}
+	if usesDataDir(role, set) {
+		lock, err := datadir.Acquire(p.DataDir, "mailpulse "+role)
+		if err != nil {
+			return err
+		}
+		defer lock.Release()
+	}
 	nc, srv, err := connect(role, set, log, &info)
 	if err != nil {
 		return err
@@ -125,6 +133,14 @@ func Run(ctx context.Context, role string, set *Settings, log *slog.Logger, read
 	return g.Wait()
 }
 
+// usesDataDir tells whether the role keeps state in the data dir (the embedded server's
+// store, the SQLite history), which one process at a time may use.
+func usesDataDir(role string, set *Settings) bool {
+	embedded := role == "all" && set.Process.NATS.URL == ""
+	sqliteHistory := runs(role, "archiver") && set.Archiver.Store == "sqlite"
+	return embedded || sqliteHistory
+}
+
 // connect starts the embedded server (all mode without nats.url) or connects to NATS.
 func connect(role string, set *Settings, log *slog.Logger, info *Ready) (*nats.Conn, *broker.Server, error) {
 	p := &set.Process
@@ -188,6 +204,13 @@ func provision(ctx context.Context, js jetstream.JetStream, l bus.Limits, log *s
 // be running.
 func Rebuild(ctx context.Context, set *Settings, log *slog.Logger, out io.Writer) error {
 	p := &set.Process
+	if usesDataDir("all", set) {
+		lock, err := datadir.Acquire(p.DataDir, "mailpulse archiver rebuild")
+		if err != nil {
+			return err
+		}
+		defer lock.Release()
+	}
 	var nc *nats.Conn
 	if p.NATS.URL == "" {
 		srv, err := broker.Start(broker.Config{StoreDir: natsDir(p), Name: "mailpulse-rebuild", ReadyTimeout: 10 * time.Second}, log)

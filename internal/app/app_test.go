@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/mailpulse/mailpulse/internal/app"
 	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/datadir"
 	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
@@ -319,5 +321,25 @@ func TestArchiverBannerListsNoGatewayRoute(t *testing.T) {
 	app.PrintBanner(&b, app.Ready{Role: "archiver", HTTPAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8082}})
 	if strings.Contains(b.String(), "/api/v1/live/events") || !strings.Contains(b.String(), "127.0.0.1:8082/healthz") {
 		t.Fatalf("archiver banner:\n%s", b.String())
+	}
+}
+
+// One process at a time on a data dir: a second mailpulse, or a rebuild while one runs,
+// fails at once naming the first, instead of opening the same store (issue 9 #2, issue 8 #1).
+func TestDataDirIsLocked(t *testing.T) {
+	dir := t.TempDir()
+	_, stop := runAll(t, dir, []string{"MAILPULSE_SIMULATE=0"})
+	defer stop()
+	set, _, err := app.Load("all", nil, []string{"MAILPULSE_DATA_DIR=" + dir, "MAILPULSE_INGEST_ADDR=127.0.0.1:0", "MAILPULSE_HTTP_ADDR=127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = app.Rebuild(t.Context(), set, set.Process.Logger(io.Discard), io.Discard)
+	if !errors.Is(err, datadir.ErrLocked) || !strings.Contains(err.Error(), "PID") {
+		t.Fatalf("rebuild while mailpulse runs = %v, want ErrLocked naming the holder", err)
+	}
+	err = app.Run(t.Context(), "all", set, set.Process.Logger(io.Discard), nil)
+	if !errors.Is(err, datadir.ErrLocked) {
+		t.Fatalf("a second mailpulse on the same data dir = %v, want ErrLocked", err)
 	}
 }

@@ -114,7 +114,7 @@ func Start(cfg Config, log *slog.Logger) (*Server, error) {
 	if !ns.ReadyForConnections(wait) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
-		return nil, fmt.Errorf("broker: not ready after %s (is the store dir %s locked by another process?)", wait, cfg.StoreDir)
+		return nil, fmt.Errorf("broker: not ready after %s (store %s)", wait, cfg.StoreDir)
 	}
 	s.ns = ns
 	return s, nil
