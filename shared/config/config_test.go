@@ -146,3 +146,13 @@ func TestRulesRunAfterSections(t *testing.T) {
 		t.Fatalf("rule: %v", err)
 	}
 }
+
+func TestListenerPasswordStrength(t *testing.T) {
+	for pass, ok := range map[string]bool{"x": false, "short-but-15chr": false, "sixteen-chars-ok": true, "$2a$10$abcdefghijklmnopqrstuv": true} {
+		d, _, _ := doc()
+		err := NewLoader("all", d).Load(nil, []string{"MAILPULSE_NATS_LISTEN=0.0.0.0:4222", "MAILPULSE_NATS_USER=u", "MAILPULSE_NATS_PASSWORD=" + pass})
+		if (err == nil) != ok {
+			t.Errorf("listener password %q: %v, want ok=%v", pass, err, ok)
+		}
+	}
+}

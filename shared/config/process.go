@@ -107,6 +107,12 @@ func (p *Process) Validate() error {
 	if p.NATS.URL != "" && p.NATS.Listen != "" {
 		add("nats.listen", "the embedded server does not run when nats.url is set")
 	}
+	if p.NATS.Listen != "" && p.NATS.Password != "" && !strings.HasPrefix(p.NATS.Password, "$2") &&
+		(len(p.NATS.Password) < 16 || len(p.NATS.Password) > 256) {
+		// The listener may face a network: a short password is guessed. The same rule
+		// as API keys; a bcrypt hash ($2…) is accepted as it is.
+		add("nats.password", "want 16 to 256 characters for the embedded listener (or leave it empty to have one generated)")
+	}
 	if (p.NATS.User == "") != (p.NATS.Password == "") && p.NATS.Listen == "" {
 		add("nats.user", "give nats.user and nats.password both or neither")
 	}

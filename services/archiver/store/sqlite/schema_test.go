@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -85,5 +86,24 @@ func TestMissing(t *testing.T) {
 	cancel()
 	if missing(cancelled, s.r, "ev_20261121") {
 		t.Error("missing(cancelled context) = true, want false: an unverifiable check must not hide the caller's error")
+	}
+}
+
+// The history file and its journal are private to their owner (issue 9: it was 0644).
+func TestHistoryFileIsPrivate(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "history.db")
+	st, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, p := range []string{path, path + "-wal"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			continue // no journal yet
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", p, fi.Mode().Perm())
+		}
 	}
 }

@@ -45,6 +45,17 @@ const pragmas = "_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=b
 
 // Open opens (creating if needed) the store in the file path.
 func Open(ctx context.Context, path string) (*Store, error) {
+	// The history holds every event's data: readable by its owner only. SQLite creates
+	// its files 0644; creating the file first (and tightening one that exists) keeps it
+	// private, and the -wal and -shm files take the main file's mode.
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	f.Close()
+	if err := os.Chmod(path, 0o600); err != nil {
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	w, err := sql.Open("sqlite", "file:"+path+"?"+pragmas+"&_pragma=auto_vacuum(INCREMENTAL)")
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)
