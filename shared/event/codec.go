@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	json "github.com/goccy/go-json"
 	"github.com/tidwall/gjson"
@@ -122,6 +123,11 @@ func decodeWire(b []byte) (wire, error) {
 	b = bytes.TrimSpace(b)
 	if len(b) == 0 || b[0] != '{' {
 		return w, errors.New("event: want a JSON object")
+	}
+	// JSON is UTF-8; raw invalid bytes would be stored as they came and break every client
+	// that decodes them. Such an event is refused with the reason.
+	if !utf8.Valid(b) {
+		return w, errors.New("event: not valid UTF-8 (escape binary data, or send it base64-encoded)")
 	}
 	if err := json.Unmarshal(b, &w); err != nil {
 		return w, fmt.Errorf("event: %w", cleanJSONError(err))

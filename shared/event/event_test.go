@@ -366,3 +366,14 @@ func FuzzSplitBatch(f *testing.F) {
 		}
 	})
 }
+
+func TestInvalidUTF8IsRefused(t *testing.T) {
+	d := &Defaults{IDs: NewIDs(), Source: "s"}
+	_, err := d.Parse([]byte("{\"type\":\"a.b\",\"data\":{\"x\":\"bad \xff\xfe\"}}"))
+	if err == nil || !strings.Contains(err.Error(), "UTF-8") {
+		t.Fatalf("Parse of invalid UTF-8 = %v, want a UTF-8 error", err)
+	}
+	if _, err := d.Parse([]byte(`{"type":"a.b","data":{"x":"ünïcødé"}}`)); err != nil {
+		t.Fatalf("Parse of valid UTF-8 = %v", err)
+	}
+}
