@@ -53,12 +53,18 @@ func MetricsSubject(source string) string {
 	if source == "" {
 		source = "_"
 	}
-	return MetricsPrefix + strings.Map(func(r rune) rune {
+	tokens := strings.Split(strings.Map(func(r rune) rune {
 		if r <= ' ' || r == '*' || r == '>' || r == 0x7f {
 			return '_'
 		}
 		return r
-	}, strings.Trim(source, "."))
+	}, strings.Trim(source, ".")), ".")
+	for i, t := range tokens {
+		if t == "" {
+			tokens[i] = "_" // an empty token would make the subject invalid
+		}
+	}
+	return MetricsPrefix + strings.Join(tokens, ".")
 }
 
 // Limits bound what the log keeps. Zero fields take the defaults of DefaultLimits.

@@ -77,7 +77,7 @@ func TestLimitsValidate(t *testing.T) {
 }
 
 func TestMetricsSubject(t *testing.T) {
-	for in, want := range map[string]string{"mx1.example.org": "metrics.mx1.example.org", "a b*>": "metrics.a_b__", "": "metrics._", ".x.": "metrics.x"} {
+	for in, want := range map[string]string{"mx1.example.org": "metrics.mx1.example.org", "a b*>": "metrics.a_b__", "": "metrics._", ".x.": "metrics.x", "a..b": "metrics.a._.b"} {
 		if got := bus.MetricsSubject(in); got != want {
 			t.Errorf("MetricsSubject(%q) = %q, want %q", in, got, want)
 		}

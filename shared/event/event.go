@@ -131,6 +131,13 @@ func ValidateSource(s string) error {
 		if c := s[i]; c <= ' ' || c == 0x7f {
 			return errors.New("source: only printable characters without spaces are allowed")
 		}
+		if c := s[i]; c == '*' || c == '>' {
+			return errors.New("source: * and > are not allowed (a source names a subject of the log)")
+		}
+	}
+	// Dots separate the tokens of the source's metrics subject: none may be empty.
+	if strings.HasPrefix(s, ".") || strings.HasSuffix(s, ".") || strings.Contains(s, "..") {
+		return errors.New("source: no leading, trailing or doubled dots (mx1.example.org)")
 	}
 	return nil
 }

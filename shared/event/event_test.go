@@ -377,3 +377,16 @@ func TestInvalidUTF8IsRefused(t *testing.T) {
 		t.Fatalf("Parse of valid UTF-8 = %v", err)
 	}
 }
+
+func TestValidateSourceRefusesWhatIsNoSubjectToken(t *testing.T) {
+	for _, bad := range []string{"a..b", ".a", "a.", "a*", "a>b", "a b"} {
+		if ValidateSource(bad) == nil {
+			t.Errorf("ValidateSource(%q) = nil, want an error", bad)
+		}
+	}
+	for _, good := range []string{"mx1.example.org", "stalwart", "mx-1_eu:25"} {
+		if err := ValidateSource(good); err != nil {
+			t.Errorf("ValidateSource(%q) = %v", good, err)
+		}
+	}
+}
