@@ -79,7 +79,10 @@ func (h *httpServer) stalwart(c *fiber.Ctx) error {
 		if err := event.ValidateSource(src); err != nil {
 			return c.Status(fiber.StatusBadRequest).JSON(fiber.Map{"error": "source parameter: " + err.Error()})
 		}
-		d.Source = src
+		// Fiber's strings point into the request's buffer, which fasthttp reuses for the
+		// next request: a source kept by the events and the metrics projection must be a
+		// copy, or a later request rewrites it.
+		d.Source = strings.Clone(src)
 	}
 	return h.accept(c, "stalwart", event.SplitStalwart, d.ParseStalwart, byContent)
 }

@@ -104,13 +104,13 @@ func (h *harness) shutdown() {
 }
 
 type response struct {
-	Status   int
-	Accepted   int             `json:"accepted"`
-	Duplicates int             `json:"duplicates"`
-	Rejected int               `json:"rejected"`
-	Error    string            `json:"error"`
-	Errors   []json.RawMessage `json:"errors"`
-	Header   http.Header
+	Status     int
+	Accepted   int               `json:"accepted"`
+	Duplicates int               `json:"duplicates"`
+	Rejected   int               `json:"rejected"`
+	Error      string            `json:"error"`
+	Errors     []json.RawMessage `json:"errors"`
+	Header     http.Header
 }
 
 func (h *harness) post(path, body string, hdr map[string]string) response {
@@ -545,5 +545,64 @@ func TestStalwartIDsDoNotCollapseDifferentEvents(t *testing.T) {
 	}
 	if n := len(h.stored()); n != 3 {
 		t.Fatalf("stored %d events, want the 3 different ones", n)
+	}
+}
+
+// Requests with different ?source= interleaved: every source keeps its own name in the
+// events and in the metrics (Fiber's zero-copy strings used to be rewritten by a later
+// request: smtp_ehlo_total{source="ZZZvictim-bbb…"}).
+func TestSourceParameterOutlivesItsRequest(t *testing.T) {
+	h := start(t, producer.Config{Metrics: producer.Metrics{Interval: time.Second}}, false)
+	key := map[string]string{"Authorization": "Bearer " + h.key}
+	var wg sync.WaitGroup
+	for c := 0; c < 4; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 25; i++ {
+				src := fmt.Sprintf("src%d-%s", c, strings.Repeat(string(rune('a'+c)), 20))
+				body := fmt.Sprintf(`{"events":[{"id":%d,"createdAt":"2026-11-21T10:00:00Z","type":"smtp.ehlo","data":{"n":%d}}]}`, c*1000+i, i)
+				if r := h.post("/ingest/stalwart?source="+src, body, key); r.Status != 202 {
+					t.Errorf("post: %+v", r)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	counts := map[string]int{}
+	for _, e := range h.stored() {
+		counts[e.Source]++
+	}
+	if len(counts) != 4 {
+		t.Fatalf("sources stored: %v, want 4 sources of 25 events", counts)
+	}
+	for src, n := range counts {
+		if n != 25 || !strings.HasPrefix(src, "src") {
+			t.Fatalf("sources stored: %v, want 4 sources of 25 events", counts)
+		}
+	}
+	// The projection keeps the sources beyond the requests: its snapshots name them.
+	h.shutdown() // publishes a last snapshot of every source
+	st, err := h.js.Stream(context.Background(), bus.StreamMetrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	snaps := map[string]uint64{}
+	for seq := uint64(1); seq <= st.CachedInfo().State.LastSeq; seq++ {
+		m, err := st.GetMsg(context.Background(), seq)
+		if err != nil {
+			continue
+		}
+		if snap, err := metric.Unmarshal(m.Data); err == nil && snap.Origin == metric.OriginEvents {
+			snaps[snap.Source] = max(snaps[snap.Source], snap.Counters["smtp.ehlo"])
+		}
+	}
+	for src := range counts {
+		if snaps[src] != 25 {
+			t.Errorf("snapshots of %s count %d smtp.ehlo, want 25; all: %v", src, snaps[src], snaps)
+		}
+	}
+	if len(snaps) != 4 {
+		t.Errorf("snapshot sources %v, want exactly the 4 sent", snaps)
 	}
 }
