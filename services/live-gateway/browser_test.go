@@ -12,6 +12,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/mailpulse/mailpulse/shared/browsertest"
+	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
 // page opens an EventSource on the gateway, as a dashboard would, and records every event
@@ -56,17 +57,12 @@ func TestBrowserEventSourceResumesAfterGatewayRestart(t *testing.T) {
 	}
 	waitFor := func(what string, cond func(browserState) bool) browserState {
 		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			st := state()
-			if cond(st) {
-				return st
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("browser: %s not reached: %+v", what, st)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		var st browserState
+		poll.Within(t, 30*time.Second, "the browser: "+what, func() bool {
+			st = state()
+			return cond(st)
+		})
+		return st
 	}
 	waitFor("first connection", func(s browserState) bool { return s.Opens == 1 })
 	var sent []string

@@ -3,6 +3,7 @@ package livegateway
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -19,28 +20,10 @@ import (
 // every interval, the selected metrics of the latest snapshots, counters also as rates.
 func (s *Service) metricsStream(fm format) fiber.Handler {
 	return func(c *fiber.Ctx) error {
-		var patterns []string
-		for _, p := range strings.Split(c.Query("metrics"), ",") {
-			if p = strings.TrimSpace(p); p == "" {
-				continue
-			}
-			if len(p) > 96 || strings.Count(p, "*") > 1 || strings.ContainsAny(p, " \t") {
-				return httpserver.Error(c, fiber.StatusBadRequest, fmt.Sprintf("metrics: pattern %q: want a metric id with at most one *", p))
-			}
-			patterns = append(patterns, p)
+		req, err := parseMetricsStream(c)
+		if err != nil {
+			return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
 		}
-		if len(patterns) > 100 {
-			return httpserver.Error(c, fiber.StatusBadRequest, "metrics: at most 100 patterns")
-		}
-		interval := 30 * time.Second
-		if iv := c.Query("interval"); iv != "" {
-			n, err := strconv.Atoi(iv)
-			if err != nil || n < 1 || n > 3600 {
-				return httpserver.Error(c, fiber.StatusBadRequest, "interval: want whole seconds from 1 to 3600")
-			}
-			interval = time.Duration(n) * time.Second
-		}
-		source := c.Query("source")
 		key := httpserver.KeyOf(c)
 		if err := s.acquire(key.ID); err != nil {
 			return tooManyStreams(c, err)
@@ -49,24 +32,56 @@ func (s *Service) metricsStream(fm format) fiber.Handler {
 		setSSEHeaders(c)
 		c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 			defer s.release(key.ID)
-			s.metrics.closed.WithLabelValues(s.serveMetrics(w, fm, patterns, source, interval)).Inc()
+			s.metrics.closed.WithLabelValues(s.serveMetrics(w, fm, req)).Inc()
 		})
 		return nil
 	}
 }
 
-func (s *Service) serveMetrics(w *bufio.Writer, fm format, patterns []string, source string, interval time.Duration) string {
+// metricsStreamRequest is a parsed metrics stream request: metrics=a,b* (none: all),
+// interval= (seconds) and source= (none: summed over the sources).
+type metricsStreamRequest struct {
+	patterns []string
+	interval time.Duration
+	source   string
+}
+
+func parseMetricsStream(c *fiber.Ctx) (metricsStreamRequest, error) {
+	req := metricsStreamRequest{interval: 30 * time.Second, source: c.Query("source")}
+	for _, p := range strings.Split(c.Query("metrics"), ",") {
+		if p = strings.TrimSpace(p); p == "" {
+			continue
+		}
+		if len(p) > 96 || strings.Count(p, "*") > 1 || strings.ContainsAny(p, " \t") {
+			return req, fmt.Errorf("metrics: pattern %q: want a metric id with at most one *", p)
+		}
+		req.patterns = append(req.patterns, p)
+	}
+	if len(req.patterns) > 100 {
+		return req, errors.New("metrics: at most 100 patterns")
+	}
+	if iv := c.Query("interval"); iv != "" {
+		n, err := strconv.Atoi(iv)
+		if err != nil || n < 1 || n > 3600 {
+			return req, errors.New("interval: want whole seconds from 1 to 3600")
+		}
+		req.interval = time.Duration(n) * time.Second
+	}
+	return req, nil
+}
+
+func (s *Service) serveMetrics(w *bufio.Writer, fm format, req metricsStreamRequest) string {
 	sw := &sseWriter{w: w}
 	sw.comment("connected")
 	sw.raw("retry: 2000\n\n")
 	write := func() bool {
-		sw.namedJSON("metrics", s.metricItems(fm, patterns, source))
+		sw.namedJSON("metrics", s.metricItems(fm, req.patterns, req.source))
 		return sw.err == nil && w.Flush() == nil
 	}
 	if !write() {
 		return "gone"
 	}
-	t := time.NewTicker(interval)
+	t := time.NewTicker(req.interval)
 	defer t.Stop()
 	hb := time.NewTicker(s.cfg.Heartbeat)
 	defer hb.Stop()

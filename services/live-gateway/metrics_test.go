@@ -10,6 +10,7 @@ import (
 
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/metric"
+	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
 func (h *harness) publishSnapshot(s metric.Snapshot) {
@@ -35,21 +36,14 @@ func TestPrometheusExpositionAndMetricsStream(t *testing.T) {
 		Counters: map[string]uint64{"smtp.connection-start": 1}})
 
 	var page string
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	poll.Until(t, "the exposition to show the summed counter", func() bool {
 		code, body := get(t, h.url+"/metrics/prometheus", withKey(h.viewer))
 		if code != 200 {
 			t.Fatalf("/metrics/prometheus = %d %s", code, body)
 		}
-		if strings.Contains(body, `smtp_connection_start_total{origin="events",source="mx1.example.org"} 151`) {
-			page = body
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("exposition never showed the summed counter:\n%s", body)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		page = body
+		return strings.Contains(body, `smtp_connection_start_total{origin="events",source="mx1.example.org"} 151`)
+	})
 	for _, want := range []string{
 		"# TYPE smtp_connection_start_total counter",
 		"# HELP smtp_connection_start_total SMTP connection opened (smtp.connection-start)",
@@ -109,5 +103,29 @@ func TestPrometheusExpositionAndMetricsStream(t *testing.T) {
 		if _, resp := h.open("/api/live/metrics?"+bad, withKey(h.viewer)); resp.StatusCode != 400 {
 			t.Errorf("%s: %d, want 400", bad, resp.StatusCode)
 		}
+	}
+}
+
+// A snapshot with a metric Prometheus cannot name (here: an empty name). The scrape fails
+// and says why: the histogram used to vanish in silence, and the gauge to panic the gateway.
+func TestInvalidMailServerMetricFailsTheScrapeVisibly(t *testing.T) {
+	for _, kind := range []string{"histograms", "gauges"} {
+		t.Run(kind, func(t *testing.T) {
+			h := start(t, Config{}, false)
+			value := `{"bounds":[1],"counts":[1,1],"sum":1,"count":1}`
+			if kind == "gauges" {
+				value = `4`
+			}
+			snap := `{"source":"mx1.example.org","origin":"events","instance":"p1","time":"2026-11-21T10:00:00Z","start":"2026-11-21T09:00:00Z",` +
+				`"counters":{"smtp.connection-start":5},"` + kind + `":{"":` + value + `}}`
+			if err := h.pub.Publish(t.Context(), bus.Msg{Subject: bus.MetricsSubject("mx1.example.org"), ID: "bad", Data: []byte(snap)}); err != nil {
+				t.Fatal(err)
+			}
+			poll.Until(t, "the snapshot to be read", func() bool { return h.gw.snaps.updates.Load() == 1 })
+			code, body := get(t, h.url+"/metrics/prometheus", withKey(h.viewer))
+			if code != 500 || !strings.Contains(body, `"" is not a valid metric name`) {
+				t.Fatalf("/metrics/prometheus = %d %s; want 500 naming the invalid metric", code, body)
+			}
+		})
 	}
 }

@@ -183,16 +183,23 @@ func (st *stream) resume(from resumePoint, last uint64) string {
 	case s.stopping():
 		return st.shutdown()
 	}
+	st.sw.named("error", resumeFailed(err, from, last, res))
+	_ = st.flush()
+	return "resume-failed"
+}
+
+// resumeFailed is the error frame of a resume that read up to res.Last of a range that
+// ended at last: the events after res.Last were missed, and the client resumes after it.
+func resumeFailed(err error, from resumePoint, last uint64, res bus.RangeResult) errorData {
 	e := errorData{
 		Error:        "the log failed during the resume: " + err.Error() + "; reconnect with Last-Event-ID to resume",
 		LastSequence: res.Last,
 	}
+	// A resume by time that read nothing does not know where it would have started.
 	if to := max(last, res.End); res.Last < to && (from.since.IsZero() || res.Read > 0) {
 		e.From, e.To = res.Last+1, to
 	}
-	st.sw.named("error", e)
-	_ = st.flush()
-	return "resume-failed"
+	return e
 }
 
 // flushed flushes the stream and returns reason, or "gone" if the client is.
