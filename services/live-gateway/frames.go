@@ -86,7 +86,7 @@ func (sw *sseWriter) raw(s string) {
 	sw.touched = true
 }
 
-func (sw *sseWriter) bytes(b []byte) {
+func (sw *sseWriter) write(b []byte) {
 	if _, err := sw.w.Write(b); err != nil && sw.err == nil {
 		sw.err = err
 	}
@@ -119,7 +119,7 @@ func (sw *sseWriter) data(b []byte) {
 	if bytes.IndexByte(b, '\n') >= 0 || bytes.IndexByte(b, '\r') >= 0 {
 		b = oneLine(&sw.scratch, b)
 	}
-	sw.bytes(b)
+	sw.write(b)
 }
 
 // oneLine returns JSON without line breaks: compacted, or, if it is not valid JSON, with

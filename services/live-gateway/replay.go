@@ -212,7 +212,7 @@ func (rw *replayWriter) fail(err error) string {
 		rw.sw.named("error", errorData{Error: msg, LastSequence: rw.lastSeq})
 	} else {
 		line, _ := json.Marshal(replayError{Error: msg, LastSequence: rw.lastSeq})
-		rw.sw.bytes(append(line, '\n'))
+		rw.sw.write(append(line, '\n'))
 	}
 	_ = rw.w.Flush()
 	return "failed"
