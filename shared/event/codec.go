@@ -135,6 +135,16 @@ func decodeWire(b []byte) (wire, error) {
 	if bytes.Equal(w.Data, []byte("null")) {
 		w.Data = nil
 	}
+	// Pretty-printed data is stored on one line: an event's JSON travels as one line of
+	// NDJSON and one SSE data: field. (A line break can only be formatting: inside a JSON
+	// string it is escaped.)
+	if bytes.ContainsAny(w.Data, "\r\n") {
+		var c bytes.Buffer
+		if err := json.Compact(&c, w.Data); err != nil {
+			return w, fmt.Errorf("event: data: %w", err)
+		}
+		w.Data = c.Bytes()
+	}
 	return w, nil
 }
 

@@ -390,3 +390,14 @@ func TestValidateSourceRefusesWhatIsNoSubjectToken(t *testing.T) {
 		}
 	}
 }
+
+func TestPrettyPrintedDataIsStoredOnOneLine(t *testing.T) {
+	d := &Defaults{IDs: NewIDs(), Source: "s"}
+	e, err := d.Parse([]byte("{\"type\":\"a.b\",\"data\":{\n  \"x\": \"line\\nbreak\",\n  \"n\": 1\n}}"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := string(e.AppendJSON(nil)); strings.ContainsAny(got, "\r\n") || !strings.Contains(got, `"x":"line\nbreak"`) {
+		t.Fatalf("encoded %q: want one line, the escaped newline kept", got)
+	}
+}
