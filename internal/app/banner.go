@@ -12,7 +12,7 @@ type Ready struct {
 	Role       string
 	IngestAddr net.Addr // the producer's ingest API
 	HTTPAddr   net.Addr // the gateway, or the archiver's own health and metrics when it runs alone
-	NATSURL    string // the embedded server's TCP URL, if it listens
+	NATSURL    string   // the embedded server's TCP URL, if it listens
 	NATSUser   string
 	NATSPass   string // only when generated now
 	AdminKey   string // only when generated now
