@@ -231,24 +231,30 @@ func (p *rawPipeline) stop() {
 	}
 }
 
-func (p *rawPipeline) probe(rate int, d time.Duration) (bool, string) {
-	var lags []uint64
-	sample := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_, end, err := bus.Bounds(ctx, p.js, bus.StreamEvents)
-		if err != nil {
-			lags = append(lags, 1<<62)
-			return
-		}
-		worst := uint64(0)
-		for i := range p.last {
-			if l := p.last[i].Load(); end > l {
-				worst = max(worst, end-l)
-			}
-		}
-		lags = append(lags, worst)
+// lag is how far the slowest raw consumer is behind the end of the log.
+func (p *rawPipeline) lag() uint64 {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, end, err := bus.Bounds(ctx, p.js, bus.StreamEvents)
+	if err != nil {
+		return 1 << 62
 	}
+	worst := uint64(0)
+	for i := range p.last {
+		if l := p.last[i].Load(); end > l {
+			worst = max(worst, end-l)
+		}
+	}
+	return worst
+}
+
+func (p *rawPipeline) probe(rate int, d time.Duration) (bool, string) {
+	// A probe that fell behind leaves a backlog: the next one starts once it is read.
+	if !drain(p.lag, 3*time.Minute) {
+		return false, "the backlog of the previous probe was not read within 3 minutes"
+	}
+	var lags []uint64
+	sample := func() { lags = append(lags, p.lag()) }
 	achieved, err := pace(rate, d, sample, func(n int) error {
 		for k := 0; k < n; k++ {
 			p.i++
@@ -365,14 +371,24 @@ func (m *monolith) lag() uint64 {
 }
 
 // drain waits until the consumers have caught up with the log (or a minute has passed).
-func (m *monolith) drain() {
-	deadline := time.Now().Add(time.Minute)
-	for m.lag() > 0 && time.Now().Before(deadline) {
+func (m *monolith) drain() { drain(m.lag, time.Minute) }
+
+// drain waits until lag is 0, at most d, and reports whether it got there.
+func drain(lag func() uint64, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for lag() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	return true
 }
 
 func (m *monolith) probe(rate int, d time.Duration) (bool, string) {
+	if !drain(m.lag, 3*time.Minute) {
+		return false, "the backlog of the previous probe was not read within 3 minutes"
+	}
 	var lags []uint64
 	achieved, err := pace(rate, d, func() { lags = append(lags, m.lag()) }, func(n int) error {
 		return m.post(n, "bench.t")
