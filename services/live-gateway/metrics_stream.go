@@ -46,9 +46,11 @@ type metricsStreamRequest struct {
 	source   string
 }
 
+// The request outlives its handler (the stream is written after it returns), and Fiber's
+// strings point into a buffer fasthttp reuses for the next request: what is kept is copied.
 func parseMetricsStream(c *fiber.Ctx) (metricsStreamRequest, error) {
-	req := metricsStreamRequest{interval: 30 * time.Second, source: c.Query("source")}
-	for _, p := range strings.Split(c.Query("metrics"), ",") {
+	req := metricsStreamRequest{interval: 30 * time.Second, source: strings.Clone(c.Query("source"))}
+	for _, p := range strings.Split(strings.Clone(c.Query("metrics")), ",") {
 		if p = strings.TrimSpace(p); p == "" {
 			continue
 		}
