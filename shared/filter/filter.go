@@ -68,17 +68,11 @@ func Parse(q url.Values, extra ...string) (*Filter, error) {
 		v := strings.TrimSpace(strings.Join(vals, ","))
 		switch name {
 		case "types", "type":
-			for _, p := range strings.Split(v, ",") {
-				if p = strings.TrimSpace(p); p == "" {
-					continue
-				}
-				tp, err := parseType(p)
-				if err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				f.types = append(f.types, tp)
+			ts, err := ParseTypes(strings.Split(v, ","))
+			if err != nil {
+				errs = append(errs, flatten(err)...)
 			}
+			f.types = append(f.types, ts.pats...)
 			if len(f.types) > MaxTypes {
 				errs = append(errs, fmt.Errorf("types: at most %d patterns", MaxTypes))
 			}
@@ -446,4 +440,11 @@ func (t *Types) UnmarshalText(b []byte) error {
 	}
 	*t = v
 	return nil
+}
+
+func flatten(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
 }
