@@ -107,7 +107,7 @@ type eventError struct {
 
 // accept splits, validates and stores a batch, answering 202 only once JetStream has stored
 // every accepted event.
-func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, int) ([][]byte, error), parse func([]byte) (event.Event, error), key func(*event.Event, []byte) string) (err error) {
+func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, int) ([][]byte, error), parse func([]byte) (event.Event, error), key keyFunc) (err error) {
 	start := time.Now()
 	defer func() {
 		h.s.metrics.duration.WithLabelValues(endpoint, strconv.Itoa(c.Response().StatusCode())).Observe(time.Since(start).Seconds())

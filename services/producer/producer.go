@@ -112,7 +112,7 @@ func (s *Service) Run(ctx context.Context) error {
 // newly stored ones into the metrics. errs[i] reports evs[i]; it returns how many of the
 // stored events the log already had (sent again within the duplicate window). key gives the
 // id JetStream deduplicates an event by (byID or byContent).
-func (s *Service) ingest(ctx context.Context, evs []event.Event, errs []error, key func(e *event.Event, encoded []byte) string) (duplicates int) {
+func (s *Service) ingest(ctx context.Context, evs []event.Event, errs []error, key keyFunc) (duplicates int) {
 	if len(evs) == 0 {
 		return 0
 	}
@@ -122,11 +122,21 @@ func (s *Service) ingest(ctx context.Context, evs []event.Event, errs []error, k
 	}
 	buf := make([]byte, 0, size)
 	msgs := make([]bus.Msg, len(evs))
+	// The keys are appended to one buffer and cut from one string: no allocation per event
+	// on the ingest path.
+	keys := make([]byte, 0, len(evs)*48)
+	ends := make([]int, len(evs))
 	for i := range evs {
 		start := len(buf)
 		buf = evs[i].AppendJSON(buf)
 		enc := buf[start:len(buf):len(buf)]
-		msgs[i] = bus.Msg{Subject: bus.EventSubject(evs[i].Type), ID: key(&evs[i], enc), Data: enc}
+		keys = key(keys, &evs[i], enc)
+		ends[i] = len(keys)
+		msgs[i] = bus.Msg{Subject: bus.EventSubject(evs[i].Type), Data: enc}
+	}
+	all := string(keys)
+	for i, start := 0, 0; i < len(msgs); i++ {
+		msgs[i].ID, start = all[start:ends[i]], ends[i]
 	}
 	dups := make([]bool, len(evs))
 	s.deps.Publisher.PublishAllDuplicates(ctx, msgs, errs, dups)
@@ -140,18 +150,25 @@ func (s *Service) ingest(ctx context.Context, evs []event.Event, errs []error, k
 	return duplicates
 }
 
+// keyFunc appends to b the id JetStream deduplicates an event by.
+type keyFunc func(b []byte, e *event.Event, encoded []byte) []byte
+
 // byID deduplicates by the event's source and id: a client that sends an event again with
 // its id has it stored once, and two sources' ids never collide.
-func byID(e *event.Event, _ []byte) string { return e.Source + "\x00" + e.ID }
+func byID(b []byte, e *event.Event, _ []byte) []byte {
+	b = append(b, e.Source...)
+	b = append(b, 0)
+	return append(b, e.ID...)
+}
 
 // byContent deduplicates by a digest of the whole event as stored (source, id, time, type,
 // level, data). Stalwart's ids do not identify an event: they are a timestamp, a per-process
 // counter and a type number, so two servers, or one server across restarts, send the same
 // id for different events, and Stalwart before 0.16.11 reuses ids within a second. A batch
 // Stalwart sends again is identical, so it is still stored once.
-func byContent(_ *event.Event, encoded []byte) string {
+func byContent(b []byte, _ *event.Event, encoded []byte) []byte {
 	sum := sha256.Sum256(encoded)
-	return base64.RawURLEncoding.EncodeToString(sum[:18])
+	return base64.RawURLEncoding.AppendEncode(b, sum[:18])
 }
 
 // runSimulator feeds simulated traffic at the configured rate, in small batches.
