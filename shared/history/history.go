@@ -28,6 +28,12 @@ const (
 	QueueGroup     = "archiver"
 )
 
+// The range of times a query may name: what the stores' int64 nanoseconds hold.
+var (
+	minTime = time.Unix(0, 0).UTC()
+	maxTime = time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
 // Limits on one query.
 const (
 	DefaultLimit = 100
@@ -190,9 +196,11 @@ func ParseQuery(q url.Values, now time.Time) (Query, error) {
 	out := Query{Limit: DefaultLimit, Desc: true, Keys: map[string]string{}}
 	get := func(k string) string { return strings.TrimSpace(q.Get(k)) }
 	var err error
+	timesOK := true
 	if v := get("to"); v != "" {
 		if out.To, err = time.Parse(time.RFC3339Nano, v); err != nil {
 			errs = append(errs, fmt.Errorf("to %q: want an RFC 3339 time", trunc(v)))
+			timesOK = false
 		}
 	} else {
 		out.To = now
@@ -200,16 +208,19 @@ func ParseQuery(q url.Values, now time.Time) (Query, error) {
 	if v := get("from"); v != "" {
 		if out.From, err = time.Parse(time.RFC3339Nano, v); err != nil {
 			errs = append(errs, fmt.Errorf("from %q: want an RFC 3339 time", trunc(v)))
+			timesOK = false
 		}
 	} else {
 		out.From = out.To.Add(-24 * time.Hour)
 	}
-	if !out.From.IsZero() && !out.To.IsZero() && out.To.Before(out.From) {
+	if timesOK && out.To.Before(out.From) {
 		errs = append(errs, errors.New("from is after to: the range is reversed"))
 	}
-	// The default from is a day before to: both must stay in the years a time is written in.
-	if !out.To.IsZero() && (out.From.Year() < 1 || out.To.Year() > 9999) {
-		errs = append(errs, errors.New("from and to: want times between the years 1 and 9999"))
+	// The stores keep times as nanoseconds since 1970 in an int64, which holds 1970 to
+	// 2262; outside it a time would wrap (the default from is a day before to, so it is
+	// checked too).
+	if timesOK && (out.From.Before(minTime) || out.To.After(maxTime)) {
+		errs = append(errs, fmt.Errorf("from and to: want times from %d to %d", minTime.Year(), maxTime.Year()-1))
 	}
 	for _, name := range []string{"types", "type"} {
 		for _, p := range splitList(q[name]) {
