@@ -79,25 +79,12 @@ func (s *Service) metricsHistory(c *fiber.Ctx) error {
 
 func metricsRequest(c *fiber.Ctx, span, step time.Duration) (history.MetricsRequest, error) {
 	now := time.Now()
-	req := history.MetricsRequest{To: now, Source: c.Query("source"), Step: step}
+	req := history.MetricsRequest{Source: c.Query("source"), Step: step}
 	var problems []string
-	if v := c.Query("to"); v != "" {
-		t, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil {
-			problems = append(problems, "to: want an RFC 3339 time")
-		}
-		req.To = t
-	}
-	req.From = req.To.Add(-span)
-	if v := c.Query("from"); v != "" {
-		t, err := time.Parse(time.RFC3339Nano, v)
-		if err != nil {
-			problems = append(problems, "from: want an RFC 3339 time")
-		}
-		req.From = t
-	}
-	if req.To.Before(req.From) {
-		problems = append(problems, "from is after to: the range is reversed")
+	var errs []error
+	req.From, req.To, errs = history.ParseRange("from", c.Query("from"), "to", c.Query("to"), span, now)
+	for _, err := range errs {
+		problems = append(problems, err.Error())
 	}
 	if v := c.Query("step"); v != "" {
 		d, err := time.ParseDuration(v)

@@ -196,24 +196,12 @@ func (s *Service) stalwartMetrics(c *fiber.Ctx) error {
 }
 
 func parseStalwartMetrics(c *fiber.Ctx, now time.Time) (history.MetricsRequest, error) {
-	req := history.MetricsRequest{From: now.Add(-24 * time.Hour), To: now, Step: time.Hour}
+	req := history.MetricsRequest{Step: time.Hour}
 	var problems []string
-	if v := c.Query("after"); v != "" {
-		t, err := time.Parse(time.RFC3339, v)
-		if err != nil {
-			problems = append(problems, "after: want an RFC 3339 time")
-		}
-		req.From = t
-	}
-	if v := c.Query("before"); v != "" {
-		t, err := time.Parse(time.RFC3339, v)
-		if err != nil {
-			problems = append(problems, "before: want an RFC 3339 time")
-		}
-		req.To = t
-	}
-	if req.To.Before(req.From) {
-		problems = append(problems, "after is later than before")
+	var errs []error
+	req.From, req.To, errs = history.ParseRange("after", c.Query("after"), "before", c.Query("before"), 24*time.Hour, now)
+	for _, err := range errs {
+		problems = append(problems, err.Error())
 	}
 	if len(problems) > 0 {
 		return req, errors.New(strings.Join(problems, "; "))

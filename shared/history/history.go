@@ -34,6 +34,40 @@ var (
 	maxTime = time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
 )
 
+// ParseRange reads a time range from two parameters (RFC 3339, any of them may be empty):
+// to defaults to now and from to span before to. It reports a bad time, a reversed range,
+// and times outside what the stores' int64 nanoseconds hold (1970 to 2261), so that every
+// history route refuses the same ranges the same way.
+func ParseRange(fromName, fromValue, toName, toValue string, span time.Duration, now time.Time) (from, to time.Time, errs []error) {
+	ok := true
+	to = now
+	if toValue != "" {
+		var err error
+		if to, err = time.Parse(time.RFC3339Nano, toValue); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want an RFC 3339 time", toName, trunc(toValue)))
+			ok = false
+		}
+	}
+	from = to.Add(-span)
+	if fromValue != "" {
+		var err error
+		if from, err = time.Parse(time.RFC3339Nano, fromValue); err != nil {
+			errs = append(errs, fmt.Errorf("%s %q: want an RFC 3339 time", fromName, trunc(fromValue)))
+			ok = false
+		}
+	}
+	if !ok {
+		return from, to, errs
+	}
+	if to.Before(from) {
+		errs = append(errs, fmt.Errorf("%s is after %s: the range is reversed", fromName, toName))
+	}
+	if from.Before(minTime) || to.After(maxTime) {
+		errs = append(errs, fmt.Errorf("%s and %s: want times from %d to %d", fromName, toName, minTime.Year(), maxTime.Year()-1))
+	}
+	return from, to, errs
+}
+
 // Limits on one query.
 const (
 	DefaultLimit = 100
@@ -195,33 +229,9 @@ func ParseQuery(q url.Values, now time.Time) (Query, error) {
 	var errs []error
 	out := Query{Limit: DefaultLimit, Desc: true, Keys: map[string]string{}}
 	get := func(k string) string { return strings.TrimSpace(q.Get(k)) }
-	var err error
-	timesOK := true
-	if v := get("to"); v != "" {
-		if out.To, err = time.Parse(time.RFC3339Nano, v); err != nil {
-			errs = append(errs, fmt.Errorf("to %q: want an RFC 3339 time", trunc(v)))
-			timesOK = false
-		}
-	} else {
-		out.To = now
-	}
-	if v := get("from"); v != "" {
-		if out.From, err = time.Parse(time.RFC3339Nano, v); err != nil {
-			errs = append(errs, fmt.Errorf("from %q: want an RFC 3339 time", trunc(v)))
-			timesOK = false
-		}
-	} else {
-		out.From = out.To.Add(-24 * time.Hour)
-	}
-	if timesOK && out.To.Before(out.From) {
-		errs = append(errs, errors.New("from is after to: the range is reversed"))
-	}
-	// The stores keep times as nanoseconds since 1970 in an int64, which holds 1970 to
-	// 2262; outside it a time would wrap (the default from is a day before to, so it is
-	// checked too).
-	if timesOK && (out.From.Before(minTime) || out.To.After(maxTime)) {
-		errs = append(errs, fmt.Errorf("from and to: want times from %d to %d", minTime.Year(), maxTime.Year()-1))
-	}
+	var rangeErrs []error
+	out.From, out.To, rangeErrs = ParseRange("from", get("from"), "to", get("to"), 24*time.Hour, now)
+	errs = append(errs, rangeErrs...)
 	for _, name := range []string{"types", "type"} {
 		for _, p := range splitList(q[name]) {
 			if err := filter.ValidPattern(p); err != nil {
