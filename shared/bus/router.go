@@ -162,7 +162,7 @@ func (r *Router) Handle(name, stream, durable string, subjects []string, h messa
 	}
 	sub := newSubscriber(func(ctx context.Context) (jetstream.Consumer, error) {
 		return EnsureConsumer(ctx, js, stream, ccfg)
-	}, r.cfg.AckWait, nakDelay{initial: r.cfg.NakInitial, max: r.cfg.NakMax}, min(r.cfg.MaxAckPending, 500))
+	}, r.cfg.AckWait, nakDelay{initial: r.cfg.NakInitial, max: r.cfg.NakMax}, min(r.cfg.MaxAckPending, 500), r.metrics.ackErrors.Inc)
 	r.AddConsumerHandler(name, durable, sub, h)
 	return nil
 }
@@ -287,16 +287,18 @@ func (a slogAdapter) With(fields watermill.LogFields) watermill.LoggerAdapter {
 
 // routerMetrics count what every handler did with its messages.
 type routerMetrics struct {
-	handled *prometheus.CounterVec
-	seconds *prometheus.HistogramVec
+	handled   *prometheus.CounterVec
+	seconds   *prometheus.HistogramVec
+	ackErrors prometheus.Counter
 }
 
 func newRouterMetrics(reg prometheus.Registerer) (*routerMetrics, error) {
 	m := &routerMetrics{
-		handled: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_handler_messages_total", Help: "Messages a handler finished, by outcome: ok, retry (handed back to the log) or dead-letter."}, []string{"handler", "outcome"}),
-		seconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mailpulse_handler_seconds", Help: "Time a handler spent on a message, retries included.", Buckets: prometheus.ExponentialBuckets(0.0005, 3, 12)}, []string{"handler"}),
+		handled:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_handler_messages_total", Help: "Messages a handler finished, by outcome: ok, retry (handed back to the log) or dead-letter."}, []string{"handler", "outcome"}),
+		seconds:   prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mailpulse_handler_seconds", Help: "Time a handler spent on a message, retries included.", Buckets: prometheus.ExponentialBuckets(0.0005, 3, 12)}, []string{"handler"}),
+		ackErrors: prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_handler_ack_errors_total", Help: "Acknowledgements (ack or nak) that could not be sent; the message is delivered again after the ack wait."}),
 	}
-	for _, c := range []prometheus.Collector{m.handled, m.seconds} {
+	for _, c := range []prometheus.Collector{m.handled, m.seconds, m.ackErrors} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("router metrics: %w", err)
 		}

@@ -24,6 +24,7 @@ type subscriber struct {
 	ackWait  time.Duration
 	nak      nakDelay
 	pull     int
+	ackError func() // an ack or nak that could not be sent (the message comes back after the ack wait)
 
 	closing  chan struct{}
 	closeOne sync.Once
@@ -32,8 +33,15 @@ type subscriber struct {
 
 var _ message.Subscriber = (*subscriber)(nil)
 
-func newSubscriber(consumer func(context.Context) (jetstream.Consumer, error), ackWait time.Duration, nak nakDelay, pull int) *subscriber {
-	return &subscriber{consumer: consumer, ackWait: ackWait, nak: nak, pull: pull, closing: make(chan struct{})}
+func newSubscriber(consumer func(context.Context) (jetstream.Consumer, error), ackWait time.Duration, nak nakDelay, pull int, ackError func()) *subscriber {
+	return &subscriber{consumer: consumer, ackWait: ackWait, nak: nak, pull: pull, ackError: ackError, closing: make(chan struct{})}
+}
+
+// settled counts an acknowledgement that could not be sent.
+func (s *subscriber) settled(err error) {
+	if err != nil {
+		s.ackError()
+	}
 }
 
 // Subscribe starts consuming; the topic only names the subscription.
@@ -74,29 +82,29 @@ func (s *subscriber) handle(ctx context.Context, jm jetstream.Msg, out chan<- *m
 	select {
 	case out <- m:
 	case <-s.closing:
-		_ = jm.Nak()
+		s.settled(jm.Nak())
 		return
 	case <-ctx.Done():
-		_ = jm.Nak()
+		s.settled(jm.Nak())
 		return
 	}
 	timeout := time.NewTimer(s.ackWait)
 	defer timeout.Stop()
 	select {
 	case <-m.Acked():
-		_ = jm.Ack()
+		s.settled(jm.Ack())
 	case <-m.Nacked():
 		var delivered uint64 = 1
 		if meta, err := jm.Metadata(); err == nil {
 			delivered = meta.NumDelivered
 		}
-		_ = jm.NakWithDelay(s.nak.WaitTime(delivered))
+		s.settled(jm.NakWithDelay(s.nak.WaitTime(delivered)))
 	case <-timeout.C:
 		// The handler outlived the ack wait: JetStream delivers it again by itself.
 	case <-s.closing:
-		_ = jm.Nak()
+		s.settled(jm.Nak())
 	case <-ctx.Done():
-		_ = jm.Nak()
+		s.settled(jm.Nak())
 	}
 }
 
