@@ -99,9 +99,20 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 		code, body := search("types=e2e.*")
 		return code == 200 && strings.Contains(body, `"id":"e2e-1"`)
 	})
-	if code, body := search("from=2026-11-21T10:00:00Z&to=2026-11-20T10:00:00Z"); code != 400 || !strings.Contains(body, "reversed") {
+	if code, body := search("start=2026-11-21T10:00:00Z&end=2026-11-20T10:00:00Z"); code != 400 || !strings.Contains(body, "reversed") {
 		t.Errorf("reversed range: %d %s", code, body)
 	}
+	// The README's first history example, as written: to= is a key, not the time range.
+	req, _ = http.NewRequest(http.MethodPost, url, strings.NewReader(`[{"id":"e2e-bob","type":"delivery.delivered","data":{"to":["bob@example.org"]}},{"id":"e2e-carol","type":"delivery.delivered","data":{"to":["carol@example.org"]}}]`))
+	req.Header.Set("Authorization", "Bearer "+r.IngestKey)
+	if resp, err = http.DefaultClient.Do(req); err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	poll.Until(t, "the README's deliveries-to-bob search to find bob's delivery alone", func() bool {
+		code, body := search("types=delivery.*&to=bob@example.org&limit=50")
+		return code == 200 && strings.Contains(body, `"id":"e2e-bob"`) && !strings.Contains(body, `"id":"e2e-carol"`)
+	})
 
 	// Stalwart 0.15's history routes over a session with a queue id.
 	session := `[{"type":"smtp.connection-start","data":{"spanId":"e2e-span","remoteIp":"192.0.2.44"}},
@@ -145,7 +156,7 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 
 	// Metric history: the producer's snapshots (every second here) reach the archiver.
 	poll.Until(t, "metric history of the simulated counters", func() bool {
-		code, body := stalwart("/api/v1/metrics/history?metrics=smtp.*&step=10s&from=" + time.Now().Add(-5*time.Minute).UTC().Format(time.RFC3339))
+		code, body := stalwart("/api/v1/metrics/history?metrics=smtp.*&step=10s&start=" + time.Now().Add(-5*time.Minute).UTC().Format(time.RFC3339))
 		return code == 200 && strings.Contains(body, `"metric":"smtp.connection-start","kind":"counter"`)
 	})
 	if code, body := stalwart("/api/telemetry/metrics?after=" + time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)); code != 200 || !strings.Contains(body, `"type":"counter","value"`) && !strings.Contains(body, `"type":"counter"`) {

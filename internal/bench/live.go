@@ -174,7 +174,7 @@ func live(args []string, out io.Writer) error {
 			return err
 		}
 		t0 := time.Now()
-		req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/replay?types=bench.replay&from="+from.UTC().Format(time.RFC3339Nano), nil)
+		req, _ := http.NewRequest(http.MethodGet, base+"/api/v1/replay?types=bench.replay&start="+from.UTC().Format(time.RFC3339Nano), nil)
 		req.Header.Set("Authorization", "Bearer "+key)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

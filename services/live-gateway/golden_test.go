@@ -135,7 +135,7 @@ func TestGoldenReplay(t *testing.T) {
 		evs[i].CreatedAt = base.Add(time.Duration(i) * time.Millisecond)
 	}
 	h.publishEvents(evs...)
-	q := "/api/v1/replay?types=smtp.*,auth.*,delivery.*&from=" + base.Add(-time.Minute).Format(time.RFC3339) + "&to=" + base.Add(time.Minute).Format(time.RFC3339)
+	q := "/api/v1/replay?types=smtp.*,auth.*,delivery.*&start=" + base.Add(-time.Minute).Format(time.RFC3339) + "&end=" + base.Add(time.Minute).Format(time.RFC3339)
 	masked := regexp.MustCompile(`"createdAt":"[^"]+"`)
 	for _, tc := range []struct{ file, format string }{{"sse/replay.txt", "sse"}, {"replay.ndjson", "ndjson"}} {
 		code, body := get(t, h.url+q+"&format="+tc.format, withKey(h.viewer))
@@ -192,7 +192,7 @@ func TestGoldenHistory(t *testing.T) {
 		{"events", "/api/v1/events?types=smtp.*&limit=3"},
 		{"span", "/api/v1/spans/7215384719"},
 		{"span-not-found", "/api/v1/spans/gone"},
-		{"metrics-history", "/api/v1/metrics/history?from=2026-11-21T09:00:00Z&to=2026-11-21T11:00:00Z&step=1h"},
+		{"metrics-history", "/api/v1/metrics/history?start=2026-11-21T09:00:00Z&end=2026-11-21T11:00:00Z&step=1h"},
 		{"stalwart-traces", "/api/telemetry/traces?type=smtp.connection-start"},
 		{"stalwart-traces-values", "/api/telemetry/traces?type=smtp.connection-start&values=1"},
 		{"stalwart-trace", "/api/telemetry/trace/7215384719"},

@@ -59,7 +59,7 @@ func (s *Service) span(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"span": reply.Span, "events": reply.Events})
 }
 
-// metricsHistory is GET /api/v1/metrics/history?metrics=a,b*&from=&to=&step=&source=: metric
+// metricsHistory is GET /api/v1/metrics/history?metrics=a,b*&start=&end=&step=&source=: metric
 // series from the archived snapshots. Defaults: the last hour, a step of a minute (at most
 // 10,000 steps), every metric, summed over sources.
 func (s *Service) metricsHistory(c *fiber.Ctx) error {
@@ -74,7 +74,7 @@ func (s *Service) metricsHistory(c *fiber.Ctx) error {
 	if reply.Error != "" {
 		return httpserver.Error(c, fiber.StatusServiceUnavailable, reply.Error)
 	}
-	return c.JSON(fiber.Map{"from": req.From, "to": req.To, "step": req.Step.String(), "series": reply.Series})
+	return c.JSON(fiber.Map{"start": req.From, "end": req.To, "step": req.Step.String(), "series": reply.Series})
 }
 
 func metricsRequest(c *fiber.Ctx, span, step time.Duration) (history.MetricsRequest, error) {
@@ -82,7 +82,7 @@ func metricsRequest(c *fiber.Ctx, span, step time.Duration) (history.MetricsRequ
 	req := history.MetricsRequest{Source: c.Query("source"), Step: step}
 	var problems []string
 	var errs []error
-	req.From, req.To, errs = history.ParseRange("from", c.Query("from"), "to", c.Query("to"), span, now)
+	req.From, req.To, errs = history.ParseRange("start", c.Query("start"), "end", c.Query("end"), span, now)
 	for _, err := range errs {
 		problems = append(problems, err.Error())
 	}

@@ -26,9 +26,9 @@ type replayRequest struct {
 	filter   *filter.Filter
 }
 
-// replayRange is GET /api/v1/replay?from=&to=&types=…: the original events of a time range,
+// replayRange is GET /api/v1/replay?start=&end=&types=…: the original events of a time range,
 // straight from the log, at full speed, with the live filters. It ends when the range is
-// exhausted; without to, at the end of the log as it was when the request came. NDJSON by
+// exhausted; without end, at the end of the log as it was when the request came. NDJSON by
 // default (one event per line); SSE with Accept: text/event-stream or format=sse.
 //
 // A replay never ends as if complete when it is not: a read that fails ends SSE with an error
@@ -86,23 +86,24 @@ func parseReplay(c *fiber.Ctx) (replayRequest, error) {
 	}
 	var problems []string
 	var req replayRequest
-	if v := q.Get("from"); v == "" {
-		problems = append(problems, "from: required (RFC 3339)")
+	// start and end, not from and to: those are mail keys, filterable like any other.
+	if v := q.Get("start"); v == "" {
+		problems = append(problems, "start: required (RFC 3339)")
 	} else if req.from, err = time.Parse(time.RFC3339Nano, v); err != nil {
-		problems = append(problems, "from: want an RFC 3339 time")
+		problems = append(problems, "start: want an RFC 3339 time")
 	}
-	if v := q.Get("to"); v != "" {
+	if v := q.Get("end"); v != "" {
 		if req.to, err = time.Parse(time.RFC3339Nano, v); err != nil {
-			problems = append(problems, "to: want an RFC 3339 time")
+			problems = append(problems, "end: want an RFC 3339 time")
 		} else if !req.from.IsZero() && req.to.Before(req.from) {
-			problems = append(problems, "from is after to: the range is reversed")
+			problems = append(problems, "start is after end: the range is reversed")
 		}
 	}
 	req.sse = q.Get("format") == "sse" || strings.Contains(c.Get(fiber.HeaderAccept), "text/event-stream")
 	if f := q.Get("format"); f != "" && f != "sse" && f != "ndjson" {
 		problems = append(problems, "format: want ndjson or sse")
 	}
-	for _, k := range []string{"from", "to", "format"} {
+	for _, k := range []string{"start", "end", "format"} {
 		q.Del(k)
 	}
 	if req.filter, err = filter.Parse(q); err != nil {

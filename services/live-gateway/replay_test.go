@@ -26,7 +26,7 @@ func TestReplayRange(t *testing.T) {
 		mk("in-2", to.Add(-time.Minute), "smtp.quit"),
 		mk("after", to.Add(time.Minute), "smtp.ehlo"),
 	)
-	q := "/api/v1/replay?types=smtp.*&from=" + from.Format(time.RFC3339Nano) + "&to=" + to.Format(time.RFC3339Nano)
+	q := "/api/v1/replay?types=smtp.*&start=" + from.Format(time.RFC3339Nano) + "&end=" + to.Format(time.RFC3339Nano)
 	code, body := get(t, h.url+q, withKey(h.viewer))
 	if code != 200 {
 		t.Fatalf("replay: %d %s", code, body)
@@ -43,11 +43,11 @@ func TestReplayRange(t *testing.T) {
 		t.Errorf("replayed %v, want in-1,in-2", got)
 	}
 	// Without to: up to the end of the log as it was; SSE framing with an end event.
-	code, body = get(t, h.url+"/api/v1/replay?format=sse&from="+from.Format(time.RFC3339Nano), withKey(h.viewer))
+	code, body = get(t, h.url+"/api/v1/replay?format=sse&start="+from.Format(time.RFC3339Nano), withKey(h.viewer))
 	if code != 200 || strings.Count(body, "event: event") != 4 || !strings.Contains(body, `event: end`+"\n"+`data: {"events":4}`) {
 		t.Errorf("SSE replay: %d\n%s", code, body)
 	}
-	for _, bad := range []string{"", "from=yesterday", "from=" + to.Format(time.RFC3339) + "&to=" + from.Format(time.RFC3339), "from=" + from.Format(time.RFC3339) + "&format=xml", "from=" + from.Format(time.RFC3339) + "&level=loud"} {
+	for _, bad := range []string{"", "start=yesterday", "start=" + to.Format(time.RFC3339) + "&end=" + from.Format(time.RFC3339), "start=" + from.Format(time.RFC3339) + "&format=xml", "start=" + from.Format(time.RFC3339) + "&level=loud"} {
 		if code, _ := get(t, h.url+"/api/v1/replay?"+bad, withKey(h.viewer)); code != 400 {
 			t.Errorf("replay?%s = %d, want 400", bad, code)
 		}
@@ -62,7 +62,7 @@ func startReplayThatFails(t *testing.T, format string) (*slowReader, int) {
 	from := time.Now().Add(-time.Minute).UTC().Format(time.RFC3339Nano)
 	const n = 10_000
 	h.publishBulk(n, 1000)
-	r := h.openSlow("/api/v1/replay?format="+format+"&from="+from, withKey(h.viewer))
+	r := h.openSlow("/api/v1/replay?format="+format+"&start="+from, withKey(h.viewer))
 	if format == "sse" {
 		if f, err := r.frame(); err != nil || f.event != "event" {
 			t.Fatalf("first frame = %+v, %v", f, err)

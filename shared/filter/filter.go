@@ -49,11 +49,16 @@ type keyFilter struct {
 var Reserved = map[string]bool{"types": true, "type": true, "level": true, "source": true, "filter": true,
 	"token": true, "since": true, "metrics": true, "interval": true, "limit": true}
 
+// KeyPrefix names an event key as a parameter whatever its name: data.type= filters on the
+// key "type", which type= cannot, since it names the event's types.
+const KeyPrefix = "data."
+
 // Parse compiles the filter of a query string: types= (comma list of group.name patterns
 // with * wildcards), level= (minimum), source= (comma list), filter= (substring of any string
 // value of the event or of its span's start event) and any other parameter, not in extra,
-// named after an event key in camelCase or kebab-case (remoteIp=, remote-ip=) as a substring
-// of that key's value. Every problem is reported at once.
+// named after an event key in camelCase or kebab-case (remoteIp=, remote-ip=, or with
+// KeyPrefix, data.remoteIp=) as a substring of that key's value. Every problem is reported
+// at once.
 func Parse(q url.Values, extra ...string) (*Filter, error) {
 	f := &Filter{}
 	var errs []error
@@ -102,7 +107,7 @@ func Parse(q url.Values, extra ...string) (*Filter, error) {
 			if Reserved[name] {
 				continue
 			}
-			key := event.CamelKey(name)
+			key := event.CamelKey(strings.TrimPrefix(name, KeyPrefix))
 			if !event.ValidKey(key) {
 				errs = append(errs, fmt.Errorf("parameter %q: not a filter (an event key is camelCase or kebab-case letters and digits)", name))
 				continue

@@ -73,6 +73,12 @@ func TestMatch(t *testing.T) {
 		{"filter=true", "smtp.rcpt-to", rcpt, nil, true},
 		{"filter=2048", "smtp.rcpt-to", rcpt, nil, false}, // numbers do not
 		{"types=smtp.*&level=info&remoteIp=203&filter=smtp", "smtp.rcpt-to", rcpt, start, true},
+		// data.<key> names a key even when a parameter has its name.
+		{"data.to=bob@", "smtp.rcpt-to", rcpt, nil, true},
+		{"data.listener-id=smtp", "smtp.rcpt-to", rcpt, start, true},
+		{"data.type=dmarc", "smtp.rcpt-to", rcpt, nil, false},
+		{"data.type=dmarc", "report.x", ev("report.x", "info", "mx1", `{"type":"dmarc"}`), nil, true},
+		{"data.source=relay", "report.x", ev("report.x", "info", "mx1", `{"source":"relay"}`), nil, true},
 	}
 	for _, tc := range cases {
 		f := mustParse(t, tc.q)

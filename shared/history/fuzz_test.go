@@ -19,7 +19,7 @@ import (
 func FuzzParseQuery(f *testing.F) {
 	for _, seed := range []string{
 		"",
-		"from=2026-11-20T08:00:00Z&to=2026-11-21T08:00:00Z",
+		"start=2026-11-20T08:00:00Z&end=2026-11-21T08:00:00Z",
 		"to=2026-11-20T08:00:00.123%2B02:00",
 		"types=smtp.*,*.connection-start&type=auth.failed&level=warn&source=mx1,mx2",
 		`text=bounce+"mailbox+full"&order=asc&limit=1000`,
@@ -28,10 +28,10 @@ func FuzzParseQuery(f *testing.F) {
 		"remote-ip=203.0.113.7&queueId=Q1&listener_id=smtp",
 		"remote-ip=1&remoteIp=2",
 		"to=0000-01-01T00:00:00Z",
-		`text="unterminated&limit=-1&order=up&from=x`,
+		`text="unterminated&limit=-1&order=up&start=x`,
 		"9x=1&Level=warn&a.b=c",
 		"limit=%2B5&level=WARNING",
-		"from=0000-01-01T00:00:00Z&to=9999-12-31T23:59:59.999999999Z",
+		"start=0000-01-01T00:00:00Z&end=9999-12-31T23:59:59.999999999Z",
 		"types=" + strings.Repeat("a.b,", history.MaxTypes+1),
 	} {
 		f.Add(seed)

@@ -218,19 +218,22 @@ type QueryReply struct {
 }
 
 // Reserved parameters of ParseQuery; every other one is a key filter.
-var reserved = map[string]bool{"from": true, "to": true, "types": true, "type": true, "level": true, "source": true,
+// The time range is start and end, Loki's names, because from and to are the commonest mail
+// keys and must stay filterable.
+var reserved = map[string]bool{"start": true, "end": true, "types": true, "type": true, "level": true, "source": true,
 	"text": true, "order": true, "limit": true, "cursor": true}
 
-// ParseQuery reads the native search parameters: from, to (RFC 3339; default the last 24 h),
-// types, level, source, text (keywords and "quoted phrases"), order (asc|desc), limit
+// ParseQuery reads the native search parameters: start, end (RFC 3339; default the last
+// 24 h), types, level, source, text (keywords and "quoted phrases"), order (asc|desc), limit
 // (≤ MaxLimit), cursor, and any other parameter as an exact key filter (camelCase or
-// kebab-case). Every problem is reported at once.
+// kebab-case; data.<key> names any key, one of these parameters' names included). Every
+// problem is reported at once.
 func ParseQuery(q url.Values, now time.Time) (Query, error) {
 	var errs []error
 	out := Query{Limit: DefaultLimit, Desc: true, Keys: map[string]string{}}
 	get := func(k string) string { return strings.TrimSpace(q.Get(k)) }
 	var rangeErrs []error
-	out.From, out.To, rangeErrs = ParseRange("from", get("from"), "to", get("to"), 24*time.Hour, now)
+	out.From, out.To, rangeErrs = ParseRange("start", get("start"), "end", get("end"), 24*time.Hour, now)
 	errs = append(errs, rangeErrs...)
 	for _, name := range []string{"types", "type"} {
 		for _, p := range splitList(q[name]) {
@@ -293,7 +296,7 @@ func ParseQuery(q url.Values, now time.Time) (Query, error) {
 		if reserved[name] {
 			continue
 		}
-		key := event.CamelKey(name)
+		key := event.CamelKey(strings.TrimPrefix(name, filter.KeyPrefix))
 		if !event.ValidKey(key) {
 			errs = append(errs, fmt.Errorf("parameter %q: not a known parameter nor an event key", trunc(name)))
 			continue

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"reflect"
 	"slices"
@@ -61,22 +62,22 @@ func TestParseQueryAccepts(t *testing.T) {
 		want  func(q *history.Query) // applied to defaults()
 	}{
 		{"empty: the last 24 h, newest first, default limit", "", func(q *history.Query) {}},
-		{"to alone: from is 24 h before it", "to=2026-11-20T08:00:00Z", func(q *history.Query) {
+		{"end alone: start is 24 h before it", "end=2026-11-20T08:00:00Z", func(q *history.Query) {
 			q.To = time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)
 			q.From = q.To.Add(-24 * time.Hour)
 		}},
-		{"from alone: to is now", "from=2026-11-01T00:00:00Z", func(q *history.Query) {
+		{"start alone: end is now", "start=2026-11-01T00:00:00Z", func(q *history.Query) {
 			q.From = time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 		}},
-		{"both, with an offset and fractions of a second", "from=2026-11-20T08:00:00.5%2B02:00&to=2026-11-20T10:00:00.123456789Z", func(q *history.Query) {
+		{"both, with an offset and fractions of a second", "start=2026-11-20T08:00:00.5%2B02:00&end=2026-11-20T10:00:00.123456789Z", func(q *history.Query) {
 			q.From = time.Date(2026, 11, 20, 6, 0, 0, 500_000_000, time.UTC)
 			q.To = time.Date(2026, 11, 20, 10, 0, 0, 123_456_789, time.UTC)
 		}},
-		{"an empty range is not reversed", "from=2026-11-20T08:00:00Z&to=2026-11-20T08:00:00Z", func(q *history.Query) {
+		{"an empty range is not reversed", "start=2026-11-20T08:00:00Z&end=2026-11-20T08:00:00Z", func(q *history.Query) {
 			q.From = time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)
 			q.To = q.From
 		}},
-		{"times are trimmed", "from=+2026-11-20T08:00:00Z+", func(q *history.Query) {
+		{"times are trimmed", "start=+2026-11-20T08:00:00Z+", func(q *history.Query) {
 			q.From = time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)
 		}},
 		{"types and type, comma lists, blanks skipped", "types=smtp.*,+*.connection-start,,&type=auth.failed&types=+", func(q *history.Query) {
@@ -121,7 +122,7 @@ func TestParseQueryAccepts(t *testing.T) {
 		{"key filters in camelCase, kebab-case and snake_case", "remoteIp=203.0.113.7&queue-id=ABC123&listener_id=smtp", func(q *history.Query) {
 			q.Keys = map[string]string{"remoteIp": "203.0.113.7", "queueId": "ABC123", "listenerId": "smtp"}
 		}},
-		{"a repeated key filter joins its values", "to=2026-11-20T08:00:00Z&rcpt=a@example.org&rcpt=b@example.org", func(q *history.Query) {
+		{"a repeated key filter joins its values", "end=2026-11-20T08:00:00Z&rcpt=a@example.org&rcpt=b@example.org", func(q *history.Query) {
 			q.To = time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)
 			q.From = q.To.Add(-24 * time.Hour)
 			q.Keys = map[string]string{"rcpt": "a@example.org,b@example.org"}
@@ -156,12 +157,12 @@ func TestParseQueryRejects(t *testing.T) {
 		query string
 		want  string // the whole error
 	}{
-		{"from not a time", "from=yesterday", `from "yesterday": want an RFC 3339 time`},
-		{"to not a time", "to=1700000000", `to "1700000000": want an RFC 3339 time`},
-		{"a date without a time", "from=2026-11-20", `from "2026-11-20": want an RFC 3339 time`},
-		{"a long bad value is cut in the message", "from=" + strings.Repeat("9", 100), `from "` + strings.Repeat("9", 40) + `…": want an RFC 3339 time`},
-		{"reversed range", "from=2026-11-20T10:00:00Z&to=2026-11-20T09:59:59Z", "from is after to: the range is reversed"},
-		{"from in the future and no to", "from=2026-11-21T12:00:01Z", "from is after to: the range is reversed"},
+		{"start not a time", "start=yesterday", `start "yesterday": want an RFC 3339 time`},
+		{"end not a time", "end=1700000000", `end "1700000000": want an RFC 3339 time`},
+		{"a date without a time", "start=2026-11-20", `start "2026-11-20": want an RFC 3339 time`},
+		{"a long bad value is cut in the message", "start=" + strings.Repeat("9", 100), `start "` + strings.Repeat("9", 40) + `…": want an RFC 3339 time`},
+		{"reversed range", "start=2026-11-20T10:00:00Z&end=2026-11-20T09:59:59Z", "start is after end: the range is reversed"},
+		{"start in the future and no end", "start=2026-11-21T12:00:01Z", "start is after end: the range is reversed"},
 		{"level unknown", "level=loud", `level: level "loud": want one of trace, debug, info, warn, error`},
 		{"order unknown", "order=sideways", "order: want asc or desc"},
 		{"limit zero", "limit=0", fmt.Sprintf("limit: want 1 to %d", history.MaxLimit)},
@@ -178,7 +179,7 @@ func TestParseQueryRejects(t *testing.T) {
 		{"repeated values joined too long", "rcpt=" + strings.Repeat("a", history.MaxValueLen/2) + "&rcpt=" + strings.Repeat("b", history.MaxValueLen/2), fmt.Sprintf("rcpt: longer than %d characters", history.MaxValueLen)},
 		{"too many key filters", strings.TrimSuffix(repeat("k%d=v&", history.MaxKeys+1), "&"), fmt.Sprintf("at most %d key filters", history.MaxKeys)},
 		{"a parameter that is no key: uppercase first", "Level=warn", `parameter "Level": not a known parameter nor an event key`},
-		{"a parameter that is no key: a dot", "data.size=1", `parameter "data.size": not a known parameter nor an event key`},
+		{"a parameter that is no key: a dot", "meta.size=1", `parameter "meta.size": not a known parameter nor an event key`},
 		{"a parameter that is no key: a digit first", "9lives=1", `parameter "9lives": not a known parameter nor an event key`},
 		{"a parameter that is no key: a long name is cut", strings.Repeat("Z", 60) + "=1", `parameter "` + strings.Repeat("Z", 40) + `…": not a known parameter nor an event key`},
 		{"cursor not base64", "cursor=!!!", "cursor: not one this API made"},
@@ -218,7 +219,7 @@ func TestParseQueryRejectsTypePatterns(t *testing.T) {
 // TestParseQueryReportsEveryProblem: one request with many mistakes gets all of them back
 // at once, in a stable (sorted) order, so a user fixes them in one round.
 func TestParseQueryReportsEveryProblem(t *testing.T) {
-	raw := `from=x&to=y&types=Bad,smtp.*,also..bad&level=loud&text="open&order=up&limit=0&cursor=zz&9x=1&remote-ip=` + strings.Repeat("1", history.MaxValueLen+1)
+	raw := `start=x&end=y&types=Bad,smtp.*,also..bad&level=loud&text="open&order=up&limit=0&cursor=zz&9x=1&remote-ip=` + strings.Repeat("1", history.MaxValueLen+1)
 	_, err := history.ParseQuery(values(t, raw), now)
 	if err == nil {
 		t.Fatalf("ParseQuery(%q) = nil error, want every problem", raw)
@@ -226,14 +227,14 @@ func TestParseQueryReportsEveryProblem(t *testing.T) {
 	got := strings.Split(err.Error(), "\n")
 	want := []string{
 		`cursor: not one this API made`,
-		`from "x": want an RFC 3339 time`,
+		`end "y": want an RFC 3339 time`,
 		`level: level "loud": want one of trace, debug, info, warn, error`,
 		fmt.Sprintf("limit: want 1 to %d", history.MaxLimit),
 		`order: want asc or desc`,
 		`parameter "9x": not a known parameter nor an event key`,
 		fmt.Sprintf("remoteIp: longer than %d characters", history.MaxValueLen),
+		`start "x": want an RFC 3339 time`,
 		`text: unterminated "quoted phrase"`,
-		`to "y": want an RFC 3339 time`,
 		`types: pattern "Bad": want group.name where each part is kebab-case, *, prefix* or *suffix (smtp.*, *.connection-start, auth.failed)`,
 		`types: pattern "also..bad": want group.name where each part is kebab-case, *, prefix* or *suffix (smtp.*, *.connection-start, auth.failed)`,
 	}
@@ -245,7 +246,7 @@ func TestParseQueryReportsEveryProblem(t *testing.T) {
 // TestParseQueryReservedNamesAreNotKeys: every parameter with a meaning of its own stays out
 // of the key filters, even when empty.
 func TestParseQueryReservedNamesAreNotKeys(t *testing.T) {
-	raw := "from=&to=&types=&type=&level=&source=&text=&order=&limit=&cursor="
+	raw := "start=&end=&types=&type=&level=&source=&text=&order=&limit=&cursor="
 	got, err := history.ParseQuery(values(t, raw), now)
 	if err != nil || !sameQuery(got, defaults()) {
 		t.Errorf("ParseQuery(%q) = %+v, %v; want the defaults %+v", raw, got, err, defaults())
@@ -497,13 +498,37 @@ func TestStoredRefusesInvalidJSON(t *testing.T) {
 // to an archiver (a 503 instead of a 400), and two spellings of one key kept a random one.
 func TestParseQueryEdges(t *testing.T) {
 	now := time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC)
-	if _, err := history.ParseQuery(url.Values{"to": {"0000-01-01T00:00:00Z"}}, now); err == nil || !strings.Contains(err.Error(), "want times from 1970") {
-		t.Errorf("to=0000-01-01: %v, want the range refused", err)
+	if _, err := history.ParseQuery(url.Values{"end": {"0000-01-01T00:00:00Z"}}, now); err == nil || !strings.Contains(err.Error(), "want times from 1970") {
+		t.Errorf("end=0000-01-01: %v, want the range refused", err)
 	}
 	for range 20 {
 		q, err := history.ParseQuery(url.Values{"remote-ip": {"a"}, "remoteIp": {"b"}}, now)
 		if err != nil || q.Keys["remoteIp"] != "a,b" {
 			t.Fatalf("remote-ip=a&remoteIp=b = %v, %v; want both values, in name order", q.Keys, err)
 		}
+	}
+}
+
+// TestParseQueryMailKeysAreFilters: from and to are the commonest mail keys, so the time
+// range is start and end, and every key, even one named like a parameter, is filterable
+// (data.<key>). The README's "deliveries to bob" example is the first case.
+func TestParseQueryMailKeysAreFilters(t *testing.T) {
+	tests := []struct {
+		query string
+		keys  map[string]string
+	}{
+		{"types=delivery.*&to=bob@example.org&limit=50", map[string]string{"to": "bob@example.org"}},
+		{"from=alice@example.com&to=bob@example.org", map[string]string{"from": "alice@example.com", "to": "bob@example.org"}},
+		{"data.type=dmarc&data.source=x&data.limit=5", map[string]string{"type": "dmarc", "source": "x", "limit": "5"}},
+		{"data.remote-ip=1.2.3.4&remoteIp=5.6.7.8", map[string]string{"remoteIp": "1.2.3.4,5.6.7.8"}},
+	}
+	for _, tt := range tests {
+		q, err := history.ParseQuery(values(t, tt.query), now)
+		if err != nil || !maps.Equal(q.Keys, tt.keys) {
+			t.Errorf("ParseQuery(%q) keys = %v, %v; want %v", tt.query, q.Keys, err, tt.keys)
+		}
+	}
+	if _, err := history.ParseQuery(values(t, "data.=x"), now); err == nil {
+		t.Errorf(`ParseQuery("data.=x") = nil error, want the empty key refused`)
 	}
 }
