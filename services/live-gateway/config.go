@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mailpulse/mailpulse/shared/config"
+	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
 // Config is the gateway's settings, under gateway.* in the configuration (its listen
@@ -17,6 +18,9 @@ type Config struct {
 	MaxStreams       int           `koanf:"max_streams" help:"open streams in total (429 past it)"`
 	MaxStreamsPerKey int           `koanf:"max_streams_per_key" help:"open streams per API key (429 past it)"`
 	CORSOrigins      []string      `koanf:"cors_origins" help:"comma-separated browser origins allowed to call the API (empty: none)"`
+	// MetricsOrigin: which of a source's metrics the live metric routes and the metric
+	// history show when it is both scraped and sending events; never their sum.
+	MetricsOrigin metric.OriginPolicy `koanf:"metrics_origin" help:"a source both scraped and sending events is shown from: auto (its scraped metrics when it has any, else its events), events or prometheus"`
 
 	// Hopeless is how long a stream may keep losing frames before it is closed (30 s).
 	Hopeless time.Duration `koanf:"-"`
@@ -36,6 +40,9 @@ func DefaultConfig() Config {
 func (c *Config) setDefaults() {
 	if c.Addr == "" {
 		c.Addr = ":8080"
+	}
+	if c.MetricsOrigin == "" {
+		c.MetricsOrigin = metric.PreferPrometheus
 	}
 	if c.Heartbeat == 0 {
 		c.Heartbeat = 15 * time.Second
@@ -78,6 +85,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxStreamsPerKey < 1 {
 		add("max_streams_per_key", "at least 1")
+	}
+	if _, err := metric.ParseOriginPolicy(string(c.MetricsOrigin)); err != nil {
+		add("metrics_origin", "%v", err)
 	}
 	for _, o := range c.CORSOrigins {
 		if u, err := url.Parse(o); o != "*" && (err != nil || u.Scheme == "" || u.Host == "") {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/mailpulse/mailpulse/shared/history"
 	"github.com/mailpulse/mailpulse/shared/httpserver"
+	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
 // The native history API, answered by an archiver over NATS request-reply: GET
@@ -59,13 +60,23 @@ func (s *Service) span(c *fiber.Ctx) error {
 	return c.JSON(fiber.Map{"span": reply.Span, "events": reply.Events})
 }
 
-// metricsHistory is GET /api/v1/metrics/history?metrics=a,b*&start=&end=&step=&source=: metric
+// metricsHistory is GET /api/v1/metrics/history?metrics=a,b*&start=&end=&step=&source=&origin=: metric
 // series from the archived snapshots. Defaults: the last hour, a step of a minute (at most
 // 10,000 steps), every metric, summed over sources.
 func (s *Service) metricsHistory(c *fiber.Ctx) error {
 	req, err := metricsRequest(c, time.Hour, time.Minute)
 	if err != nil {
 		return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
+	}
+	// origin= overrides gateway.metrics_origin: a source is shown from one origin, never
+	// from the sum of its events and its scraped metrics.
+	req.Origin = string(s.cfg.MetricsOrigin)
+	if v := c.Query("origin"); v != "" {
+		p, err := metric.ParseOriginPolicy(v)
+		if err != nil {
+			return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
+		}
+		req.Origin = string(p)
 	}
 	var reply history.MetricsReply
 	if err := s.ask(history.SubjectMetrics, req, &reply); err != nil {

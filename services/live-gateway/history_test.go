@@ -37,6 +37,11 @@ var (
 		{Metric: "smtp.connection-start", Kind: "counter", Points: []history.Point{{Time: histTime.Truncate(time.Hour), Value: 100, Delta: 40, Rate: 0.011}, {Time: histTime.Truncate(time.Hour).Add(time.Hour), Value: 130, Delta: 30, Rate: 0.008}}},
 		{Metric: "smtp.active-connections", Kind: "gauge", Points: []history.Point{{Time: histTime.Truncate(time.Hour), Value: 4}}},
 		{Metric: "message.size", Kind: "histogram", Points: []history.Point{{Time: histTime.Truncate(time.Hour), Count: 2, Sum: 2748}}},
+		// In Stalwart 0.15's history, under 0.15's ids: a renamed counter, a gauge, a
+		// histogram's increases (not its totals), and nothing for a step without change.
+		{Metric: "queue.message-queued", Kind: "counter", Points: []history.Point{{Time: histTime.Truncate(time.Hour), Value: 12, Delta: 12}, {Time: histTime.Truncate(time.Hour).Add(time.Hour), Value: 12}}},
+		{Metric: "queue.count", Kind: "gauge", Points: []history.Point{{Time: histTime.Truncate(time.Hour), Value: 3}, {Time: histTime.Truncate(time.Hour).Add(time.Hour), Value: 0}}},
+		{Metric: "delivery.attempt-time", Kind: "histogram", Points: []history.Point{{Time: histTime.Truncate(time.Hour), Count: 9, Sum: 912.4, CountDelta: 2, SumDelta: 301.6}}},
 	}
 )
 

@@ -122,12 +122,20 @@ func matchMetric(patterns []string, name string) bool {
 	return false
 }
 
-// metricItems is one frame's JSON array, summed over sources unless source is given.
+// metricItems is one frame's JSON array, summed over sources unless source is given. Each
+// source counts once, from the origin the policy chooses for it (gateway.metrics_origin):
+// a server both scraped and sending its events would otherwise count every event twice.
 func (s *Service) metricItems(fm format, patterns []string, source string) []byte {
 	counters, rates, gauges := map[string]float64{}, map[string]float64{}, map[string]float64{}
 	hists := map[string]metric.Histogram{}
-	for _, v := range s.snaps.views() {
-		if source != "" && v.source != source {
+	views := s.snaps.views()
+	pairs := make(map[[2]string]bool, len(views))
+	for _, v := range views {
+		pairs[[2]string{v.source, v.origin}] = true
+	}
+	chosen := s.cfg.MetricsOrigin.Chosen(pairs)
+	for _, v := range views {
+		if (source != "" && v.source != source) || chosen[v.source] != v.origin {
 			continue
 		}
 		for k, x := range v.counters {

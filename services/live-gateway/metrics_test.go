@@ -129,3 +129,47 @@ func TestInvalidMailServerMetricFailsTheScrapeVisibly(t *testing.T) {
 		})
 	}
 }
+
+// TestMetricsStreamNeverAddsOrigins: a server both sending its events and scraped has each
+// counter twice, once per origin; the live routes show it once, from the origin
+// gateway.metrics_origin chooses (its scraped metrics by default), with or without source=.
+func TestMetricsStreamNeverAddsOrigins(t *testing.T) {
+	for _, tc := range []struct {
+		policy       metric.OriginPolicy
+		all, onlyMX1 float64
+	}{
+		{"", 103 + 7, 103},
+		{metric.OnlyEvents, 100 + 7, 100},
+		{metric.OnlyPrometheus, 103, 103},
+	} {
+		t.Run(string(tc.policy), func(t *testing.T) {
+			h := start(t, Config{MetricsOrigin: tc.policy}, false)
+			t0 := time.Now().Add(-5 * time.Second)
+			for _, s := range []metric.Snapshot{
+				{Source: "mx1", Origin: metric.OriginEvents, Instance: "p1", Time: t0, Start: t0, Counters: map[string]uint64{"smtp.connection-start": 100}},
+				{Source: "mx1", Origin: metric.OriginPrometheus, Instance: "scrape", Time: t0, Start: t0, Counters: map[string]uint64{"smtp.connection-start": 103}},
+				{Source: "mx2", Origin: metric.OriginEvents, Instance: "p2", Time: t0, Start: t0, Counters: map[string]uint64{"smtp.connection-start": 7}},
+			} {
+				h.publishSnapshot(s)
+			}
+			poll.Until(t, "the snapshots to be read", func() bool { return h.gw.snaps.updates.Load() == 3 })
+			count := func(query string) float64 {
+				c, resp := h.open("/api/live/metrics?metrics=smtp.connection-start&interval=60"+query, withKey(h.viewer))
+				if c == nil {
+					t.Fatalf("metrics stream: %d", resp.StatusCode)
+				}
+				var items []map[string]any
+				if f := c.next(t, "metrics"); json.Unmarshal([]byte(f.data), &items) != nil || len(items) != 1 {
+					t.Fatalf("metrics frame: %s", f.data)
+				}
+				return items[0]["count"].(float64)
+			}
+			if got := count(""); got != tc.all {
+				t.Errorf("all sources: %v, want %v", got, tc.all)
+			}
+			if got := count("&source=mx1"); got != tc.onlyMX1 {
+				t.Errorf("source=mx1: %v, want %v", got, tc.onlyMX1)
+			}
+		})
+	}
+}

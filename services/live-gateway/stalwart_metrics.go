@@ -2,6 +2,8 @@ package livegateway
 
 import (
 	"errors"
+	"math"
+	"sort"
 	"strings"
 	"time"
 
@@ -9,15 +11,24 @@ import (
 
 	"github.com/mailpulse/mailpulse/shared/history"
 	"github.com/mailpulse/mailpulse/shared/httpserver"
+	"github.com/mailpulse/mailpulse/shared/metric"
 )
 
-// stalwartMetrics is Stalwart 0.15's GET /api/telemetry/metrics?after=&before=: one item per
-// metric and hour, counters as the delta of the hour, as Stalwart's metric history keeps them.
+// stalwartMetrics is Stalwart 0.15's GET /api/telemetry/metrics?after=&before=, meaning
+// what its metric history means (crates/common/src/telemetry/metrics/store.rs): one sample
+// per metric and hour, only the metrics Stalwart keeps, under 0.15's ids; counters and
+// histograms as their increase since the previous sample (the first sample of a process is
+// its count since it started, as Stalwart's first sample after a restart), left out when
+// nothing changed; gauges as their value, left out when 0. Each source counts once, from the
+// origin gateway.metrics_origin chooses. Samples are stamped at the end of their hour, or
+// now for the current one: never in the future.
 func (s *Service) stalwartMetrics(c *fiber.Ctx) error {
-	req, err := parseStalwartMetrics(c, time.Now())
+	now := time.Now().UTC().Truncate(time.Second)
+	req, err := parseStalwartMetrics(c, now)
 	if err != nil {
 		return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
 	}
+	req.Origin = string(s.cfg.MetricsOrigin)
 	var reply history.MetricsReply
 	if err := s.ask(history.SubjectMetrics, req, &reply); err != nil {
 		return historyUnavailable(c, err)
@@ -25,21 +36,55 @@ func (s *Service) stalwartMetrics(c *fiber.Ctx) error {
 	if reply.Error != "" {
 		return httpserver.Error(c, fiber.StatusServiceUnavailable, "history: "+reply.Error)
 	}
-	items := []fiber.Map{}
-	for _, sr := range reply.Series {
+	return c.JSON(fiber.Map{"data": stalwartMetricItems(reply.Series)})
+}
+
+// stalwartMetricItem is one sample of 0.15's MetricsList; Stalwart's numbers are integers.
+type stalwartMetricItem struct {
+	Type      string `json:"type"`
+	ID        string `json:"id"`
+	Timestamp string `json:"timestamp"`
+	Value     *int64 `json:"value,omitempty"`
+	Count     *int64 `json:"count,omitempty"`
+	Sum       *int64 `json:"sum,omitempty"`
+}
+
+func stalwartMetricItems(series []history.Series) []stalwartMetricItem {
+	kept := make(map[string]metric.StalwartHistoryMetric, len(metric.StalwartHistory015))
+	for _, m := range metric.StalwartHistory015 {
+		kept[m.ID] = m
+	}
+	num := func(f float64) *int64 { n := int64(math.Round(f)); return &n }
+	items := []stalwartMetricItem{}
+	for _, sr := range series {
+		m, ok := kept[sr.Metric]
+		if !ok || m.Kind != sr.Kind {
+			continue
+		}
 		for _, p := range sr.Points {
-			ts := p.Time.UTC().Format(time.RFC3339)
-			switch sr.Kind {
+			it := stalwartMetricItem{Type: m.Kind, ID: m.ID15, Timestamp: p.Time.UTC().Format(time.RFC3339)}
+			switch m.Kind {
 			case "counter":
-				items = append(items, fiber.Map{"type": "counter", "id": sr.Metric, "timestamp": ts, "value": p.Delta})
+				if p.Delta <= 0 {
+					continue
+				}
+				it.Value = num(p.Delta)
 			case "gauge":
-				items = append(items, fiber.Map{"type": "gauge", "id": sr.Metric, "timestamp": ts, "value": p.Value})
+				if p.Value <= 0 {
+					continue
+				}
+				it.Value = num(p.Value)
 			case "histogram":
-				items = append(items, fiber.Map{"type": "histogram", "id": sr.Metric, "timestamp": ts, "count": p.Count, "sum": p.Sum})
+				if p.CountDelta == 0 && p.SumDelta <= 0 {
+					continue
+				}
+				it.Count, it.Sum = num(float64(p.CountDelta)), num(p.SumDelta)
 			}
+			items = append(items, it)
 		}
 	}
-	return c.JSON(fiber.Map{"data": items})
+	sort.SliceStable(items, func(i, j int) bool { return items[i].Timestamp < items[j].Timestamp })
+	return items
 }
 
 func parseStalwartMetrics(c *fiber.Ctx, now time.Time) (history.MetricsRequest, error) {
@@ -52,6 +97,12 @@ func parseStalwartMetrics(c *fiber.Ctx, now time.Time) (history.MetricsRequest, 
 	}
 	if len(problems) > 0 {
 		return req, errors.New(strings.Join(problems, "; "))
+	}
+	if req.To.After(now) {
+		req.To = now
+	}
+	if req.From.After(req.To) {
+		req.From = req.To
 	}
 	return req, nil
 }

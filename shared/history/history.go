@@ -169,13 +169,15 @@ type SpansReply struct {
 
 // MetricsRequest asks for metric series (SubjectMetrics): the metrics matching Metrics
 // (ids, each with at most one *; none: all) between From and To in steps of Step, of one
-// source or summed over all.
+// source or summed over all, each source from the origin Origin chooses (a
+// metric.OriginPolicy; "" is its default).
 type MetricsRequest struct {
 	From    time.Time     `json:"from"`
 	To      time.Time     `json:"to"`
 	Step    time.Duration `json:"step"`
 	Source  string        `json:"source,omitempty"`
 	Metrics []string      `json:"metrics,omitempty"`
+	Origin  string        `json:"origin,omitempty"`
 }
 
 // Series is one metric over time. Counters carry their cumulative value, the delta over the
@@ -194,6 +196,9 @@ type Point struct {
 	Rate  float64   `json:"rate,omitempty"`
 	Count uint64    `json:"count,omitempty"`
 	Sum   float64   `json:"sum,omitempty"`
+	// A histogram's increases during the step.
+	CountDelta uint64  `json:"countDelta,omitempty"`
+	SumDelta   float64 `json:"sumDelta,omitempty"`
 }
 
 // MetricsReply answers SubjectMetrics.
