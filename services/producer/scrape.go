@@ -60,7 +60,8 @@ func newScraper(cfg ScrapeConfig, client *http.Client, now time.Time) *scraper {
 		lastHists: map[string]metric.Histogram{}, offHists: map[string]metric.Histogram{},
 	}
 	for _, info := range event.Known().All() {
-		s.names[event.PromName(info.Type)] = info.Type
+		// A 0.15 server's names (queue_queue_message) count under their 0.16 ids, as its events do.
+		s.names[event.PromName(info.Type)] = event.From015(info.Type)
 	}
 	for _, n := range metric.Names() {
 		s.names[event.PromName(n)] = n

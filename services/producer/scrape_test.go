@@ -133,3 +133,20 @@ func FuzzScraperConvert(f *testing.F) {
 		}
 	})
 }
+
+// TestScraperNamesAStalwart015CounterAsItsEvents: a 0.15 server's exporter names counters
+// after 0.15 ids (queue_queue_message); they count under the 0.16 ids its events get, or the
+// two origins of one server would name one counter two ways.
+func TestScraperNamesAStalwart015CounterAsItsEvents(t *testing.T) {
+	sc := newScraper(ScrapeConfig{Source: "mail"}, nil, time.Now())
+	for prom, want := range map[string]string{
+		"queue_queue_message":               "queue.message-queued",
+		"queue_queue_message_authenticated": "queue.authenticated-message-queued",
+		"queue_message_queued":              "queue.message-queued",
+		"smtp_connection_start":             "smtp.connection-start",
+	} {
+		if got := sc.metricID(prom); got != want {
+			t.Errorf("metricID(%q) = %q, want %q", prom, got, want)
+		}
+	}
+}
