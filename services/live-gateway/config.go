@@ -21,6 +21,8 @@ type Config struct {
 	// MetricsOrigin: which of a source's metrics the live metric routes and the metric
 	// history show when it is both scraped and sending events; never their sum.
 	MetricsOrigin metric.OriginPolicy `koanf:"metrics_origin" help:"a source both scraped and sending events is shown from: auto (its scraped metrics when it has any, else its events), events or prometheus"`
+	// PrometheusNames: mailpulse's correct names, or those of Stalwart's exporter.
+	PrometheusNames string `koanf:"prometheus_names" help:"names on /metrics/prometheus: mailpulse (counters with _total, promtool-clean) or stalwart (exactly Stalwart's exporter's names, for dashboards built on it)"`
 
 	// Hopeless is how long a stream may keep losing frames before it is closed (30 s).
 	Hopeless time.Duration `koanf:"-"`
@@ -40,6 +42,9 @@ func DefaultConfig() Config {
 func (c *Config) setDefaults() {
 	if c.Addr == "" {
 		c.Addr = ":8080"
+	}
+	if c.PrometheusNames == "" {
+		c.PrometheusNames = namesMailpulse
 	}
 	if c.MetricsOrigin == "" {
 		c.MetricsOrigin = metric.PreferPrometheus
@@ -85,6 +90,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxStreamsPerKey < 1 {
 		add("max_streams_per_key", "at least 1")
+	}
+	if c.PrometheusNames != namesMailpulse && c.PrometheusNames != namesStalwart {
+		add("prometheus_names", "want mailpulse or stalwart")
 	}
 	if _, err := metric.ParseOriginPolicy(string(c.MetricsOrigin)); err != nil {
 		add("metrics_origin", "%v", err)

@@ -28,11 +28,13 @@ func (s *Service) metricsStream(fm format) fiber.Handler {
 		if err := s.acquire(key.ID); err != nil {
 			return tooManyStreams(c, err)
 		}
+		revoked := s.keys.Revoked(key.ID)
 		s.metrics.streamsBy.WithLabelValues("metrics-" + fm.String()).Inc()
 		setSSEHeaders(c)
+		gone := watchClose(c)
 		c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 			defer s.release(key.ID)
-			s.metrics.closed.WithLabelValues(s.serveMetrics(w, fm, req)).Inc()
+			s.metrics.closed.WithLabelValues(s.serveMetrics(w, fm, req, revoked, gone)).Inc()
 		})
 		return nil
 	}
@@ -72,7 +74,7 @@ func parseMetricsStream(c *fiber.Ctx) (metricsStreamRequest, error) {
 	return req, nil
 }
 
-func (s *Service) serveMetrics(w *bufio.Writer, fm format, req metricsStreamRequest) string {
+func (s *Service) serveMetrics(w *bufio.Writer, fm format, req metricsStreamRequest, revoked, gone <-chan struct{}) string {
 	sw := &sseWriter{w: w}
 	sw.comment("connected")
 	sw.raw("retry: 2000\n\n")
@@ -102,6 +104,12 @@ func (s *Service) serveMetrics(w *bufio.Writer, fm format, req metricsStreamRequ
 			sw.named("shutdown", shutdownData{Reason: "the gateway is stopping"})
 			_ = w.Flush()
 			return "shutdown"
+		case <-revoked:
+			sw.named("error", errorData{Error: errRevoked.Error()})
+			_ = w.Flush()
+			return "revoked"
+		case <-gone:
+			return "gone"
 		}
 	}
 }

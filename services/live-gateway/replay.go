@@ -2,6 +2,7 @@ package livegateway
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -50,6 +51,7 @@ func (s *Service) replayRange(c *fiber.Ctx) error {
 	if err := s.acquire(key.ID); err != nil {
 		return tooManyStreams(c, err)
 	}
+	revoked := s.keys.Revoked(key.ID)
 	s.metrics.replays.Inc()
 	if req.sse {
 		setSSEHeaders(c)
@@ -67,7 +69,7 @@ func (s *Service) replayRange(c *fiber.Ctx) error {
 		defer s.replays.Done()
 		defer s.release(key.ID)
 		w := bufio.NewWriterSize(pw, 4096)
-		reason := s.streamRange(w, req, end)
+		reason := s.streamRange(w, req, end, revoked)
 		s.metrics.closed.WithLabelValues("replay-" + reason).Inc()
 		if reason == "failed" && !req.sse {
 			pw.CloseWithError(errReplayFailed)
@@ -131,7 +133,7 @@ type replayWriter struct {
 }
 
 // streamRange writes the replay and returns how it ended: done, gone or failed.
-func (s *Service) streamRange(w *bufio.Writer, req replayRequest, end uint64) string {
+func (s *Service) streamRange(w *bufio.Writer, req replayRequest, end uint64, revoked <-chan struct{}) string {
 	rw := &replayWriter{w: w, sw: &sseWriter{w: w, fm: formatNative}, sse: req.sse, fl: filter.NewFollower(req.filter), from: req.from, to: req.to}
 	if rw.sse {
 		rw.sw.comment("replay")
@@ -139,7 +141,7 @@ func (s *Service) streamRange(w *bufio.Writer, req replayRequest, end uint64) st
 	if end == 0 {
 		return rw.done()
 	}
-	ctx, cancel := s.streamContext()
+	ctx, cancel := s.streamContext(revoked)
 	defer cancel()
 	r := bus.Range{Stream: bus.StreamEvents, Subjects: req.filter.Subjects(), FromTime: req.from, ToSeq: end, Stall: s.readStall}
 	if !req.to.IsZero() {
@@ -156,6 +158,8 @@ func (s *Service) streamRange(w *bufio.Writer, req replayRequest, end uint64) st
 		return rw.done()
 	case errors.Is(err, errClientGone):
 		return "gone"
+	case errors.Is(context.Cause(ctx), errRevoked):
+		err = errRevoked
 	case s.stopping():
 		err = errors.New("the gateway is stopping")
 	}

@@ -4,10 +4,8 @@ import (
 	"strings"
 
 	"github.com/gofiber/fiber/v2"
-	"github.com/gofiber/fiber/v2/middleware/adaptor"
 	"github.com/gofiber/fiber/v2/middleware/cors"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/httpserver"
@@ -50,9 +48,7 @@ func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
 
 	// The mail servers' metrics: Prometheus exposition (prometheus.go) and live streams
 	// (metrics_stream.go).
-	mailReg := prometheus.NewRegistry()
-	mailReg.MustRegister(collector{s.snaps})
-	app.Get("/metrics/prometheus", viewer, adaptor.HTTPHandler(promhttp.HandlerFor(mailReg, promhttp.HandlerOpts{})))
+	app.Get("/metrics/prometheus", viewer, s.exposition)
 	app.Get("/api/telemetry/metrics/live", s.authStream(purposeMetrics), s.metricsStream(formatStalwart15))
 	app.Get("/api/live/metrics", s.authStream(purposeMetrics), s.metricsStream(formatStalwart16))
 

@@ -26,6 +26,9 @@ import (
 // errClientGone: a write to the client failed.
 var errClientGone = errors.New("the client is gone")
 
+// errRevoked ends the streams of a key that was revoked.
+var errRevoked = errors.New("the API key of this stream was revoked")
+
 // resumePoint is where a stream starts in the log; the zero value means "from now".
 type resumePoint struct {
 	afterSeq uint64    // resume after this sequence (Last-Event-ID or since=<seq>)
@@ -72,16 +75,17 @@ func (s *Service) eventStream(fm format) fiber.Handler {
 		if err := s.acquire(key.ID); err != nil {
 			return tooManyStreams(c, err)
 		}
+		revoked := s.keys.Revoked(key.ID)
 		cl := &client{key: key.ID, follow: filter.NewFollower(f), needs: f.NeedsSpan(), ch: make(chan frame, s.cfg.QueueSize)}
 		s.metrics.streamsBy.WithLabelValues(fm.String()).Inc()
 		setSSEHeaders(c)
-		c.Set(fiber.HeaderConnection, "keep-alive")
+		gone := watchClose(c)
 		subjects := f.Subjects()
 		// The writer runs after this handler has returned (fasthttp), so it gets copies of
 		// everything it needs, never the fiber context.
 		c.Context().SetBodyStreamWriter(func(w *bufio.Writer) {
 			defer s.release(key.ID)
-			st := &stream{s: s, w: w, sw: &sseWriter{w: w, fm: fm}, cl: cl, fm: fm, subjects: subjects}
+			st := &stream{s: s, w: w, sw: &sseWriter{w: w, fm: fm}, cl: cl, fm: fm, subjects: subjects, revoked: revoked, gone: gone}
 			s.metrics.closed.WithLabelValues(st.serve(from)).Inc()
 		})
 		return nil
@@ -112,6 +116,8 @@ type stream struct {
 	cl       *client
 	fm       format
 	subjects []string
+	revoked  <-chan struct{} // closed when the stream's key is revoked
+	gone     <-chan struct{} // closed when the client closes the connection
 
 	written uint64 // the last sequence covered: only later frames of the live queue are written
 	unsent  int    // frames written but not yet added to the shared counter
@@ -159,7 +165,7 @@ func (st *stream) flush() error {
 // when it goes on live.
 func (st *stream) resume(from resumePoint, last uint64) string {
 	s := st.s
-	ctx, cancel := s.streamContext()
+	ctx, cancel := s.streamContext(st.revoked)
 	defer cancel()
 	r := bus.Range{
 		Stream: bus.StreamEvents, Subjects: st.subjects,
@@ -180,6 +186,9 @@ func (st *stream) resume(from resumePoint, last uint64) string {
 		return st.flushed("")
 	case errors.Is(err, errClientGone):
 		return "gone"
+	case errors.Is(context.Cause(ctx), errRevoked):
+		st.written = max(st.written, res.Last)
+		return st.revoke()
 	case s.stopping():
 		return st.shutdown()
 	}
@@ -246,6 +255,14 @@ func (st *stream) gap(g bus.Gap) error {
 	return nil
 }
 
+// revoke ends the stream of a revoked key with an error frame; reconnecting gets a 401.
+func (st *stream) revoke() string {
+	st.sw.flushBatch()
+	st.sw.named("error", errorData{Error: errRevoked.Error(), LastSequence: st.written})
+	_ = st.w.Flush()
+	return "revoked"
+}
+
 func (st *stream) shutdown() string {
 	st.sw.flushBatch()
 	st.sw.named("shutdown", shutdownData{Reason: "the gateway is stopping; reconnect with Last-Event-ID to resume"})
@@ -274,6 +291,10 @@ func (st *stream) live() string {
 			st.sw.flushBatch()
 		case <-s.closing:
 			return st.shutdown()
+		case <-st.revoked:
+			return st.revoke()
+		case <-st.gone:
+			return "gone"
 		}
 		if st.hopeless(time.Now()) {
 			return "too-slow"
@@ -362,19 +383,22 @@ func (st *stream) hopeless(now time.Time) bool {
 	return true
 }
 
-// streamContext is cancelled when the gateway stops or cancel is called. Stream writers run
-// after their handler has returned, beyond fasthttp's request context (which must not be
-// used as a context.Context), so it has no parent but the gateway's lifetime.
-func (s *Service) streamContext() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.Background())
+// streamContext is cancelled when the gateway stops, when revoked is closed (its cause is
+// then errRevoked), or when cancel is called. Stream writers run after their handler has
+// returned, beyond fasthttp's request context (which must not be used as a
+// context.Context), so it has no parent but the gateway's lifetime.
+func (s *Service) streamContext(revoked <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancelCause(context.Background())
 	go func() {
 		select {
 		case <-s.closing:
-			cancel()
+			cancel(nil)
+		case <-revoked:
+			cancel(errRevoked)
 		case <-ctx.Done():
 		}
 	}()
-	return ctx, cancel
+	return ctx, func() { cancel(nil) }
 }
 
 // stopping reports whether the gateway is stopping.
@@ -385,6 +409,28 @@ func (s *Service) stopping() bool {
 	default:
 		return false
 	}
+}
+
+// watchClose returns a channel closed when the client closes the connection of a stream.
+// While a stream is written nothing reads the connection, so a client that went away was
+// noticed only by the next write failing: an idle stream held its slot until the next
+// heartbeat. A stream's client sends nothing more, so a read that returns means it is gone
+// (a pipelined request would be read and dropped: the response says Connection: close, so
+// no request after a stream is served on its connection, and the read ends with it).
+func watchClose(c *fiber.Ctx) <-chan struct{} {
+	ch := make(chan struct{})
+	conn := c.Context().Conn()
+	c.Context().SetConnectionClose()
+	go func() {
+		defer close(ch)
+		var b [64]byte
+		for {
+			if _, err := conn.Read(b[:]); err != nil {
+				return
+			}
+		}
+	}()
+	return ch
 }
 
 func setSSEHeaders(c *fiber.Ctx) {

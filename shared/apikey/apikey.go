@@ -81,6 +81,9 @@ type Store struct {
 	mu    sync.RWMutex
 	byID  map[string]Key
 	fixed []Key
+	// revoked holds, per key that something waits on, a channel closed when the key is
+	// deleted: open streams end at once, on every replica, since each follows the bucket.
+	revoked map[string]chan struct{}
 }
 
 // Open loads every key and keeps following the bucket until ctx ends.
@@ -88,7 +91,7 @@ func Open(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Store,
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{kv: kv, log: log, byID: map[string]Key{}}
+	s := &Store{kv: kv, log: log, byID: map[string]Key{}, revoked: map[string]chan struct{}{}}
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("watch keys: %w", err)
@@ -135,6 +138,10 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 	id := e.Key()
 	if e.Operation() != jetstream.KeyValuePut {
 		delete(s.byID, id)
+		if ch, ok := s.revoked[id]; ok {
+			close(ch)
+			delete(s.revoked, id)
+		}
 	} else {
 		var k Key
 		if err := json.Unmarshal(e.Value(), &k); err != nil {
@@ -284,6 +291,24 @@ func (s *Store) List() []Key {
 		out = append(out, k)
 	}
 	return out
+}
+
+// Revoked returns a channel that is closed when the key is revoked (at once when it is not
+// stored now), on this replica or any other.
+func (s *Store) Revoked(id string) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.byID[id]; !ok {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	ch, ok := s.revoked[id]
+	if !ok {
+		ch = make(chan struct{})
+		s.revoked[id] = ch
+	}
+	return ch
 }
 
 // Revoke deletes a key; it stops working on every replica as soon as they see the change.
