@@ -30,7 +30,8 @@ Usage:
   mailpulse <role> [flags]     run one role against an external NATS (--nats-url)
                                roles: producer, live-gateway, archiver (more arrive with later versions)
   mailpulse archiver rebuild   recreate the history from the log
-  mailpulse bench <what>       measure: ingest, live, archive (run "mailpulse bench ingest -h")
+  mailpulse bench <what>       measure: ingest, live, archive, consume, pipeline, abuse
+                               (run "mailpulse bench ingest -h")
   mailpulse <role> --help      every setting of a role
 
 `
