@@ -12,6 +12,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/httpserver"
 	"github.com/mailpulse/mailpulse/shared/metric"
 )
@@ -20,7 +21,7 @@ import (
 // every interval, the selected metrics of the latest snapshots, counters also as rates.
 func (s *Service) metricsStream(fm format) fiber.Handler {
 	return func(c *fiber.Ctx) error {
-		req, err := parseMetricsStream(c)
+		req, err := parseMetricsStream(c, fm)
 		if err != nil {
 			return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
 		}
@@ -50,7 +51,7 @@ type metricsStreamRequest struct {
 
 // The request outlives its handler (the stream is written after it returns), and Fiber's
 // strings point into a buffer fasthttp reuses for the next request: what is kept is copied.
-func parseMetricsStream(c *fiber.Ctx) (metricsStreamRequest, error) {
+func parseMetricsStream(c *fiber.Ctx, fm format) (metricsStreamRequest, error) {
 	req := metricsStreamRequest{interval: 30 * time.Second, source: strings.Clone(c.Query("source"))}
 	for _, p := range strings.Split(strings.Clone(c.Query("metrics")), ",") {
 		if p = strings.TrimSpace(p); p == "" {
@@ -58,6 +59,9 @@ func parseMetricsStream(c *fiber.Ctx) (metricsStreamRequest, error) {
 		}
 		if len(p) > 96 || strings.Count(p, "*") > 1 || strings.ContainsAny(p, " \t") {
 			return req, fmt.Errorf("metrics: pattern %q: want a metric id with at most one *", p)
+		}
+		if fm == formatStalwart15 { // 0.15's names for the counters 0.16 renamed
+			p = event.From015(p)
 		}
 		req.patterns = append(req.patterns, p)
 	}
@@ -167,7 +171,7 @@ func (s *Service) metricItems(fm format, patterns []string, source string) []byt
 		}
 		rate := math.Round(rates[k]*1000) / 1000
 		if fm == formatStalwart15 {
-			items = append(items, map[string]any{"id": k, "type": "counter", "value": counters[k], "rate": rate})
+			items = append(items, map[string]any{"id": event.To015(k), "type": "counter", "value": counters[k], "rate": rate})
 		} else {
 			items = append(items, map[string]any{"metric": k, "@type": "Counter", "count": counters[k], "rate": rate})
 		}

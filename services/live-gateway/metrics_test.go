@@ -173,3 +173,41 @@ func TestMetricsStreamNeverAddsOrigins(t *testing.T) {
 		})
 	}
 }
+
+// TestStalwart015MetricsUse015Names: WebAdmin's dashboard asks the 0.15 route for
+// queue.queue-message and its siblings, which 0.16 renamed (queue.message-queued); the tiles
+// read 0. The 0.15 route takes and sends 0.15's names; 0.16's keeps its own.
+func TestStalwart015MetricsUse015Names(t *testing.T) {
+	h := start(t, Config{}, false)
+	t0 := time.Now().Add(-5 * time.Second)
+	h.publishSnapshot(metric.Snapshot{Source: "mx1", Origin: metric.OriginEvents, Instance: "p1", Time: t0, Start: t0,
+		Counters: map[string]uint64{"queue.message-queued": 7, "queue.authenticated-message-queued": 2, "smtp.connection-start": 9}})
+	poll.Until(t, "the snapshot to be read", func() bool { return h.gw.snaps.updates.Load() == 1 })
+	items := func(path string) map[string]float64 {
+		c, resp := h.open(path, withKey(h.viewer))
+		if c == nil {
+			t.Fatalf("%s: %d", path, resp.StatusCode)
+		}
+		var list []map[string]any
+		if f := c.next(t, "metrics"); json.Unmarshal([]byte(f.data), &list) != nil {
+			t.Fatalf("%s: frame %s", path, f.data)
+		}
+		out := map[string]float64{}
+		for _, it := range list {
+			if id, ok := it["id"].(string); ok {
+				out[id] = it["value"].(float64)
+			} else {
+				out[it["metric"].(string)] = it["count"].(float64)
+			}
+		}
+		return out
+	}
+	got := items("/api/telemetry/metrics/live?interval=3600&metrics=queue.queue-message,queue.queue-message-authenticated,smtp.*")
+	if len(got) != 3 || got["queue.queue-message"] != 7 || got["queue.queue-message-authenticated"] != 2 || got["smtp.connection-start"] != 9 {
+		t.Errorf("0.15 metrics = %v, want 0.15's names for 0.16's renamed counters", got)
+	}
+	got = items("/api/live/metrics?interval=3600&metrics=queue.*")
+	if len(got) != 2 || got["queue.message-queued"] != 7 {
+		t.Errorf("0.16 metrics = %v, want 0.16's names", got)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"runtime"
 	"strconv"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"github.com/tidwall/gjson"
 
 	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/filter"
 	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
@@ -67,7 +69,7 @@ func truncate(s string) string {
 // eventStream opens a live event stream in the given format.
 func (s *Service) eventStream(fm format) fiber.Handler {
 	return func(c *fiber.Ctx) error {
-		f, from, err := parseStreamRequest(c)
+		f, from, err := parseStreamRequest(c, fm)
 		if err != nil {
 			return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
 		}
@@ -92,10 +94,13 @@ func (s *Service) eventStream(fm format) fiber.Handler {
 	}
 }
 
-func parseStreamRequest(c *fiber.Ctx) (*filter.Filter, resumePoint, error) {
+func parseStreamRequest(c *fiber.Ctx, fm format) (*filter.Filter, resumePoint, error) {
 	q, err := queryValues(c)
 	if err != nil {
 		return nil, resumePoint{}, fmt.Errorf("query: %w", err)
+	}
+	if fm == formatStalwart15 {
+		from015(q, "types", "type")
 	}
 	f, err := filter.Parse(q)
 	if err != nil {
@@ -408,6 +413,21 @@ func (s *Service) stopping() bool {
 		return true
 	default:
 		return false
+	}
+}
+
+// from015 renames, in the named parameters' comma lists, the event types that Stalwart 0.15
+// calls otherwise (queue.queue-message is queue.message-queued): a 0.15 client asks with
+// 0.15's names.
+func from015(q url.Values, names ...string) {
+	for _, name := range names {
+		for i, v := range q[name] {
+			parts := strings.Split(v, ",")
+			for j, p := range parts {
+				parts[j] = event.From015(strings.TrimSpace(p))
+			}
+			q[name][i] = strings.Join(parts, ",")
+		}
 	}
 }
 
