@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -32,6 +33,8 @@ type Deps struct {
 	Store    store.Store // the caller closes it after Run returns
 	Log      *slog.Logger
 	Registry *prometheus.Registry
+	// Now is the clock of the history's window and of retention (nil: time.Now).
+	Now func() time.Time
 }
 
 // Service is a running archiver.
@@ -44,6 +47,9 @@ type Service struct {
 	metrics *archiverMetrics
 	events  *bus.BatchConsumer[store.Record]
 	snaps   *bus.BatchConsumer[store.SnapshotRecord]
+	now     func() time.Time
+
+	warned sync.Map // "kind/side" -> true once an event or snapshot out of the window is logged
 }
 
 // New prepares an archiver.
@@ -65,21 +71,24 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Service{cfg: cfg, nc: deps.Conn, js: js, st: deps.Store, log: deps.Log}
+	if deps.Now == nil {
+		deps.Now = time.Now
+	}
+	s := &Service{cfg: cfg, nc: deps.Conn, js: js, st: deps.Store, log: deps.Log, now: deps.Now}
 	s.metrics = newArchiverMetrics(deps.Registry, s)
 	common := bus.BatchConsumerConfig{Service: "archiver", Grace: cfg.Grace, Log: deps.Log, Registry: deps.Registry}
 	ec := common
 	ec.Stream, ec.Durable, ec.Subjects = bus.StreamEvents, cfg.Consumer, []string{bus.SubjectEvents}
 	ec.Description = "the archiver: every event into the history store"
 	ec.BatchSize, ec.MaxWait = cfg.BatchSize, cfg.MaxWait
-	if s.events, err = bus.NewBatchConsumer(js, ec, bus.BatchHandler[store.Record]{Decode: s.decodeEvent, Write: s.st.Write}); err != nil {
+	if s.events, err = bus.NewBatchConsumer(js, ec, bus.BatchHandler[store.Record]{Decode: s.decodeEvent, Write: s.write}); err != nil {
 		return nil, err
 	}
 	mc := common
 	mc.Stream, mc.Durable, mc.Subjects = bus.StreamMetrics, cfg.Consumer+"-metrics", []string{bus.SubjectMetrics}
 	mc.Description = "the archiver: metric snapshots into the history"
 	mc.BatchSize, mc.MaxWait = 100, time.Second
-	if s.snaps, err = bus.NewBatchConsumer(js, mc, bus.BatchHandler[store.SnapshotRecord]{Decode: decodeSnapshot, Write: s.st.WriteSnapshots}); err != nil {
+	if s.snaps, err = bus.NewBatchConsumer(js, mc, bus.BatchHandler[store.SnapshotRecord]{Decode: s.decodeSnapshot, Write: s.writeSnapshots}); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -110,7 +119,8 @@ func (s *Service) Run(ctx context.Context) error {
 }
 
 // decodeEvent turns a message of the log into a record, or says it is not kept. An
-// undecodable event is a permanent failure: the consumer dead-letters it.
+// undecodable event is a permanent failure: the consumer dead-letters it. An event dated
+// out of the history's window is left out or filed under its arrival (window.go).
 func (s *Service) decodeEvent(d bus.Delivery) (store.Record, bool, error) {
 	e, err := event.Decode(d.Data)
 	if err != nil {
@@ -119,15 +129,62 @@ func (s *Service) decodeEvent(d bus.Delivery) (store.Record, bool, error) {
 	if !s.cfg.keep(&e) {
 		return store.Record{}, false, nil
 	}
+	created := e.CreatedAt
+	switch s.cfg.place(&e, d.Time, s.now()) {
+	case tooOld:
+		s.outOfWindow("event", sidePast, d.Seq, created)
+		return store.Record{}, false, nil
+	case refiled:
+		s.outOfWindow("event", sideFuture, d.Seq, created)
+	}
 	return store.Record{Seq: d.Seq, Event: e}, true, nil
 }
 
-func decodeSnapshot(d bus.Delivery) (store.SnapshotRecord, bool, error) {
+func (s *Service) decodeSnapshot(d bus.Delivery) (store.SnapshotRecord, bool, error) {
 	snap, err := metric.Unmarshal(d.Data)
 	if err != nil {
 		return store.SnapshotRecord{}, false, err
 	}
+	if side, keep := s.cfg.keepSnapshot(&snap, s.now()); !keep {
+		s.outOfWindow("snapshot", side, d.Seq, snap.Time)
+		return store.SnapshotRecord{}, false, nil
+	}
 	return store.SnapshotRecord{Seq: d.Seq, Snapshot: snap}, true, nil
+}
+
+// outOfWindow counts an event or snapshot dated out of the window, and logs the first of
+// each kind and side.
+func (s *Service) outOfWindow(kind, side string, seq uint64, at time.Time) {
+	s.metrics.outOfWindow.WithLabelValues(kind, side).Inc()
+	if _, logged := s.warned.LoadOrStore(kind+"/"+side, true); logged {
+		return
+	}
+	msg := kind + " dated before the history's retention: not kept (counted in mailpulse_archiver_out_of_window_total)"
+	if side == sideFuture {
+		msg = kind + " dated after now + archiver.max_future: filed under its arrival time (counted in mailpulse_archiver_out_of_window_total)"
+		if kind == "snapshot" {
+			msg = "snapshot dated after now + archiver.max_future: not kept (counted in mailpulse_archiver_out_of_window_total)"
+		}
+	}
+	s.log.Warn(msg, "seq", seq, "created_at", at.Format(time.RFC3339Nano))
+}
+
+// write stores a batch. A time the store cannot hold is a permanent failure (never
+// reached: the window keeps times near now), not one to retry for ever.
+func (s *Service) write(ctx context.Context, recs []store.Record) error {
+	err := s.st.Write(ctx, recs)
+	if errors.Is(err, store.ErrUnrepresentable) {
+		return bus.Permanent(err)
+	}
+	return err
+}
+
+func (s *Service) writeSnapshots(ctx context.Context, snaps []store.SnapshotRecord) error {
+	err := s.st.WriteSnapshots(ctx, snaps)
+	if errors.Is(err, store.ErrUnrepresentable) {
+		return bus.Permanent(err)
+	}
+	return err
 }
 
 // subscribe starts answering history requests, in the archivers' queue group.
@@ -168,7 +225,8 @@ func (s *Service) answerSpans(ctx context.Context, m *nats.Msg) {
 			req.Limit = history.DefaultLimit
 		}
 		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		spans, total, err := s.st.Spans(qctx, store.SpanQuery{From: req.From, To: req.To, Kind: req.Kind, QueueID: req.QueueID, Terms: req.Terms, Offset: req.Offset, Limit: req.Limit})
+		// Clamped: the stores keep int64 nanoseconds, which a bound far out would wrap.
+		spans, total, err := s.st.Spans(qctx, store.SpanQuery{From: store.Clamp(req.From), To: store.Clamp(req.To), Kind: req.Kind, QueueID: req.QueueID, Terms: req.Terms, Offset: req.Offset, Limit: req.Limit})
 		cancel()
 		if err != nil {
 			reply.Error = err.Error()
@@ -221,18 +279,26 @@ func (s *Service) answerSpan(ctx context.Context, m *nats.Msg) {
 	s.metrics.querySeconds.WithLabelValues("span").Observe(time.Since(start).Seconds())
 }
 
-// retention drops the partitions past the retention every hour.
+// retention drops the partitions past the retention every hour, and those further ahead
+// than anything the window files under (a day more than max_future, for clocks that
+// differ): only a history written before the window existed has any.
 func (s *Service) retention(ctx context.Context) error {
 	t := time.NewTicker(time.Hour)
 	defer t.Stop()
 	for {
-		n, err := s.st.DropBefore(ctx, time.Now().Add(-s.cfg.Retention))
+		n, err := s.st.DropBefore(ctx, s.now().Add(-s.cfg.Retention))
 		if err != nil && ctx.Err() == nil {
 			s.log.Warn("retention failed", "err", err)
 		} else if n > 0 {
 			s.log.Info("retention dropped old partitions", "partitions", n)
 		}
-		if m, err := s.st.DropSnapshotsBefore(ctx, time.Now().Add(-s.cfg.MetricsRetention)); err != nil && ctx.Err() == nil {
+		n, err = s.st.DropAfter(ctx, s.now().Add(s.cfg.MaxFuture+24*time.Hour))
+		if err != nil && ctx.Err() == nil {
+			s.log.Warn("retention of days ahead failed", "err", err)
+		} else if n > 0 {
+			s.log.Info("retention dropped partitions of days ahead", "partitions", n)
+		}
+		if m, err := s.st.DropSnapshotsBefore(ctx, s.now().Add(-s.cfg.MetricsRetention)); err != nil && ctx.Err() == nil {
 			s.log.Warn("metric retention failed", "err", err)
 		} else if m > 0 {
 			s.log.Info("retention dropped old metric snapshots", "snapshots", m)
@@ -250,13 +316,21 @@ func (s *Service) retention(ctx context.Context) error {
 // and consumer="archiver-metrics".
 type archiverMetrics struct {
 	querySeconds *prometheus.HistogramVec
+	outOfWindow  *prometheus.CounterVec
 }
 
 func newArchiverMetrics(reg prometheus.Registerer, s *Service) *archiverMetrics {
 	m := &archiverMetrics{
 		querySeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mailpulse_archiver_query_seconds", Help: "Duration of history queries.", Buckets: []float64{.001, .0025, .005, .01, .02, .05, .1, .25, .5, 1, 2.5}}, []string{"kind"}),
+		outOfWindow: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_archiver_out_of_window_total",
+			Help: "Events and snapshots dated out of the history's window, by kind and side: past (before the retention: not kept) or future (after archiver.max_future: events filed under their arrival time, snapshots not kept)."}, []string{"kind", "side"}),
 	}
-	reg.MustRegister(m.querySeconds,
+	for _, kind := range []string{"event", "snapshot"} {
+		for _, side := range []string{sidePast, sideFuture} {
+			m.outOfWindow.WithLabelValues(kind, side)
+		}
+	}
+	reg.MustRegister(m.querySeconds, m.outOfWindow,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailpulse_archiver_store_bytes", Help: "Size of the history store on disk (-1: the store did not answer)."}, func() float64 {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()

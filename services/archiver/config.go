@@ -18,6 +18,10 @@ type Config struct {
 
 	Retention        time.Duration `koanf:"retention" help:"how long events are kept in the history (dropped by whole days)"`
 	MetricsRetention time.Duration `koanf:"metrics_retention" help:"how long metric snapshots are kept in the history"`
+	// MaxFuture bounds the history's days ahead (issue 9 #3): an event dated further ahead
+	// is filed under the time the log stored it, so that no input makes a partition after
+	// now + MaxFuture, nor (with Retention) before now - Retention.
+	MaxFuture time.Duration `koanf:"max_future" help:"events dated further ahead are filed under the time the log stored them, their own time kept in data.originalCreatedAt (keep it at least ingest.max_future)"`
 
 	// Keep decides what is stored: a minimum level and type patterns to include (none:
 	// all) and exclude, compiled when the settings are read. Events not kept are
@@ -61,6 +65,9 @@ func (c *Config) setDefaults() {
 	if c.MetricsRetention == 0 {
 		c.MetricsRetention = 90 * 24 * time.Hour
 	}
+	if c.MaxFuture == 0 {
+		c.MaxFuture = time.Hour
+	}
 	if c.Grace == 0 {
 		c.Grace = 15 * time.Second
 	}
@@ -87,6 +94,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MetricsRetention < time.Hour {
 		add("metrics_retention", "at least 1h")
+	}
+	if c.MaxFuture < time.Minute || c.MaxFuture > 7*24*time.Hour {
+		add("max_future", "want 1m to 168h")
 	}
 	if c.BatchSize < 1 || c.BatchSize > 100_000 {
 		add("batch_size", "want 1 to 100000")

@@ -108,11 +108,14 @@ func RebuildHistory(ctx context.Context, js jetstream.JetStream, cfg Config, dat
 
 // Rebuild replays the whole EVENTS log into st (a new, empty store), in batches, and
 // returns how many events were stored and the last sequence read. Events the keep filters
-// reject and undecodable messages are skipped. The caller then points the durable consumer
-// after that sequence (ResetConsumer), so the archiver continues from there.
+// reject and undecodable messages are skipped; events dated out of the history's window
+// are left out or filed under their arrival, as the archiver does (window.go). The caller
+// then points the durable consumer after that sequence (ResetConsumer), so the archiver
+// continues from there.
 func Rebuild(ctx context.Context, js jetstream.JetStream, st store.Store, cfg Config, log *slog.Logger) (stored int, last uint64, err error) {
 	cfg.setDefaults()
 	recs := make([]store.Record, 0, cfg.BatchSize)
+	var outside [3]int // by placement
 	flush := func() error {
 		if len(recs) == 0 {
 			return nil
@@ -129,7 +132,11 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, st store.Store, cfg Co
 		return nil // the log's retention dropped them while the rebuild ran: they are gone for good
 	}}, func(m bus.Message) error {
 		if e, err := event.Decode(m.Data); err == nil && cfg.keep(&e) {
-			recs = append(recs, store.Record{Seq: m.Seq, Event: e})
+			p := cfg.place(&e, m.Time, time.Now())
+			outside[p]++
+			if p != tooOld {
+				recs = append(recs, store.Record{Seq: m.Seq, Event: e})
+			}
 		}
 		if len(recs) == cap(recs) {
 			if err := flush(); err != nil {
@@ -142,6 +149,9 @@ func Rebuild(ctx context.Context, js jetstream.JetStream, st store.Store, cfg Co
 		}
 		return nil
 	})
+	if log != nil && outside[tooOld]+outside[refiled] > 0 {
+		log.Warn("events dated out of the history's window", "not_kept", outside[tooOld], "filed_under_arrival", outside[refiled])
+	}
 	if err != nil {
 		return stored, res.Last, err
 	}
@@ -161,7 +171,9 @@ func RebuildMetrics(ctx context.Context, js jetstream.JetStream, st store.Store)
 		return nil
 	}
 	res, err := bus.ReadRange(ctx, js, bus.Range{Stream: bus.StreamMetrics, OnGap: func(bus.Gap) error { return nil }}, func(m bus.Message) error {
-		if snap, err := metric.Unmarshal(m.Data); err == nil {
+		// A time the store cannot hold would fail the whole rebuild: such a snapshot is
+		// left out (the next one of its producer supersedes it).
+		if snap, err := metric.Unmarshal(m.Data); err == nil && event.Representable(snap.Time) {
 			recs = append(recs, store.SnapshotRecord{Seq: m.Seq, Snapshot: snap})
 		}
 		if len(recs) == 500 {

@@ -37,11 +37,20 @@ type Ingest struct {
 	MaxBatch     int           `koanf:"max_batch" help:"most events in one request"`
 	Timeout      time.Duration `koanf:"timeout" help:"longest a request waits for the log to store its events before 503"`
 	Window       int           `koanf:"window" help:"asynchronous publishes awaiting acknowledgement (back-pressure point)"`
+	// Bounds on createdAt (issue 9 #3): every distinct day makes history partitions.
+	// Zero takes the default; projection.go and producer.go apply and check them.
+	MaxFuture time.Duration `koanf:"max_future" help:"events dated further ahead of this server's clock are refused, each with its reason (0: 1h)"`
+	MaxAge    time.Duration `koanf:"max_age" help:"events dated further back are refused, each with its reason (0: no bound; the archiver does not keep events older than archiver.retention)"`
 }
 
 // Metrics configures the metrics projection of events.
 type Metrics struct {
 	Interval time.Duration `koanf:"interval" help:"how often metric snapshots are published per source"`
+	// Cardinality bounds (issue 9 #7). Zero takes the default; projection.go applies and
+	// checks them.
+	MaxSources int `koanf:"max_sources" help:"sources with metrics of their own; events of further sources are counted under the source _overflow (0: 1000)"`
+	MaxTypes   int `koanf:"max_types" help:"event-type counters per source; further types are counted under the counter _overflow (0: 1000)"`
+	MaxSeries  int `koanf:"max_series" help:"event-type counters in all sources together; further types are counted under their source's _overflow (0: 100000)"`
 }
 
 // Stalwart configures the Stalwart adapters: the webhook and the Prometheus scraper.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/config"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/metric"
 )
@@ -55,6 +56,12 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("producer: %w", err)
 	}
+	// The bounds on createdAt and on the metrics' cardinality, with the defaults their zero
+	// values take (checkTimeBounds, projectionLimits).
+	limits, err := cfg.Metrics.projectionLimits()
+	if err := errors.Join(err, cfg.Ingest.checkTimeBounds()); err != nil {
+		return nil, fmt.Errorf("producer: %w", err)
+	}
 	if deps.Conn == nil || deps.Publisher == nil || deps.Keys == nil {
 		return nil, errors.New("producer: Conn, Publisher and Keys are required")
 	}
@@ -70,12 +77,31 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{
 		cfg: cfg, deps: deps, log: deps.Log, ln: ln,
-		defaults: event.Defaults{IDs: event.NewIDs(), Source: cfg.Source},
-		proj:     newProjection(cfg.Instance, time.Now()),
+		defaults: event.Defaults{IDs: event.NewIDs(), Source: cfg.Source, MaxFuture: cfg.Ingest.MaxFuture, MaxAge: cfg.Ingest.MaxAge},
 		metrics:  newServiceMetrics(deps.Registry, deps.Publisher),
 	}
+	if s.defaults.MaxFuture == 0 {
+		s.defaults.MaxFuture = defaultMaxFuture
+	}
+	s.proj = newProjection(cfg.Instance, time.Now(), limits, deps.Log, s.metrics)
 	s.server = newHTTPServer(s)
 	return s, nil
+}
+
+// defaultMaxFuture is ingest.max_future's default: Stalwart sends its events within
+// seconds, so an hour ahead is a wrong clock, not a delay.
+const defaultMaxFuture = time.Hour
+
+// checkTimeBounds checks ingest.max_future and ingest.max_age (zero takes the default).
+func (in *Ingest) checkTimeBounds() error {
+	var errs []error
+	if in.MaxFuture < 0 || in.MaxFuture > 7*24*time.Hour {
+		errs = append(errs, config.Problem("ingest.max_future", "want 0 (1h) up to 168h"))
+	}
+	if in.MaxAge < 0 || (in.MaxAge > 0 && in.MaxAge < time.Hour) {
+		errs = append(errs, config.Problem("ingest.max_age", "want 0 (no bound) or at least 1h"))
+	}
+	return errors.Join(errs...)
 }
 
 // Addr is the ingest API's listen address.
@@ -278,19 +304,49 @@ func (s *Service) publishSnapshots(ctx context.Context, all bool) {
 	}
 }
 
+// publishSnapshot publishes a snapshot, in parts when it is larger than the NATS server
+// takes in one message (issue 9 #7: a 1.7 MB snapshot failed on every interval against the
+// default 1 MiB). Each part has its own id, so that the log's deduplication keeps them all.
 func (s *Service) publishSnapshot(ctx context.Context, snap metric.Snapshot) error {
-	b, err := snap.Marshal()
+	parts, err := snap.Split(s.maxSnapshotBytes())
 	if err != nil {
 		return fmt.Errorf("encode snapshot: %w", err)
 	}
 	id := snap.Origin + ":" + snap.Instance + ":" + snap.Source + ":" + strconv.FormatInt(snap.Time.UnixNano(), 10)
+	msgs := make([]bus.Msg, len(parts))
+	for i, b := range parts {
+		msgs[i] = bus.Msg{Subject: bus.MetricsSubject(snap.Source), ID: id, Data: b}
+		if len(parts) > 1 {
+			msgs[i].ID = id + ":" + strconv.Itoa(i+1) + "/" + strconv.Itoa(len(parts))
+		}
+	}
 	pctx, cancel := context.WithTimeout(ctx, s.cfg.Ingest.Timeout)
 	defer cancel()
-	if err := s.deps.Publisher.Publish(pctx, bus.Msg{Subject: bus.MetricsSubject(snap.Source), ID: id, Data: b}); err != nil {
+	errs := make([]error, len(msgs))
+	s.deps.Publisher.PublishAll(pctx, msgs, errs)
+	if err := errors.Join(errs...); err != nil {
+		// The parts that were stored are of no use alone: readers leave out a snapshot
+		// with a part missing, and the next one carries every counter again.
 		return err
 	}
 	s.metrics.snapshots.Inc()
+	if len(parts) > 1 {
+		s.metrics.snapshotParts.Add(float64(len(parts)))
+	}
 	return nil
+}
+
+// snapshotHeadroom is kept off the server's max payload for the message's headers (its
+// id), which count towards the limit.
+const snapshotHeadroom = 1024
+
+// maxSnapshotBytes is the largest snapshot message the NATS server takes, as it says now.
+func (s *Service) maxSnapshotBytes() int {
+	mp := s.deps.Conn.MaxPayload()
+	if mp <= 0 {
+		mp = 1 << 20 // not connected yet: NATS's default
+	}
+	return int(max(mp-snapshotHeadroom, snapshotHeadroom))
 }
 
 // serviceMetrics are the producer's own metrics, served on /metrics.
@@ -306,6 +362,10 @@ type serviceMetrics struct {
 	scrapes       prometheus.Counter
 	scrapeErrors  prometheus.Counter
 	snapshots     prometheus.Counter
+	snapshotParts prometheus.Counter
+	// The projection's bounds biting.
+	metricsOverflow *prometheus.CounterVec
+	spansUntracked  prometheus.Counter
 }
 
 func newServiceMetrics(reg *prometheus.Registry, pub *bus.Publisher) *serviceMetrics {
@@ -321,9 +381,17 @@ func newServiceMetrics(reg *prometheus.Registry, pub *bus.Publisher) *serviceMet
 		scrapes:       prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_scrapes_total", Help: "Successful scrapes of the Stalwart metrics endpoint."}),
 		scrapeErrors:  prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_scrape_errors_total", Help: "Failed scrapes of the Stalwart metrics endpoint."}),
 		snapshots:     prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_snapshots_published_total", Help: "Metric snapshots published."}),
+		snapshotParts: prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_snapshot_parts_total", Help: "Parts published of metric snapshots larger than the NATS server's max payload (0 while every snapshot fits in one message)."}),
+		metricsOverflow: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailpulse_producer_metrics_overflow_total",
+			Help: "Events counted under an _overflow source or counter because a metrics limit was reached, by limit (max_sources, max_types, max_series)."}, []string{"limit"}),
+		spansUntracked: prometheus.NewCounter(prometheus.CounterOpts{Name: "mailpulse_producer_metrics_spans_untracked_total", Help: "Span starts left out of the active-connection gauges because their source had too many open spans."}),
+	}
+	for _, l := range []string{limitSources, limitTypes, limitSeries} {
+		m.metricsOverflow.WithLabelValues(l) // every limit shows, at 0 until it bites
 	}
 	st := pub.Stats()
 	reg.MustRegister(m.received, m.rejected, m.stored, m.duplicates, m.unavailable, m.duration, m.simulated, m.simulatorLost, m.scrapes, m.scrapeErrors, m.snapshots,
+		m.snapshotParts, m.metricsOverflow, m.spansUntracked,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_stored_total", Help: "Messages JetStream acknowledged as stored."}, func() float64 { return float64(st.Stored.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_duplicates_total", Help: "Messages JetStream recognised as already stored (same id)."}, func() float64 { return float64(st.Duplicates.Load()) }),
 		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mailpulse_publish_retries_total", Help: "Messages sent again after no acknowledgement."}, func() float64 { return float64(st.Retries.Load()) }),

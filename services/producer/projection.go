@@ -1,11 +1,16 @@
 package producer
 
 import (
+	"errors"
+	"log/slog"
 	"maps"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mailpulse/mailpulse/shared/config"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/metric"
 )
@@ -15,14 +20,59 @@ import (
 // histograms fed from elapsed and size, active connections per protocol from span starts and
 // ends, and the queue size. Counters are cumulative from Start; a restart of the producer
 // starts them again, with a new Start that tells readers so.
+//
+// Its cardinality is bounded (issue 9 #7: 100,000 types from one source made a 1.7 MB
+// snapshot every 10 s, and /metrics/prometheus 12.9 MB): at most limits.sources sources,
+// limits.types counters per source and limits.series counters in all. Events past a limit
+// are counted under _overflow (the source, or the counter of their source), so totals stay
+// right; each limit is logged the first time it bites and counted in
+// mailpulse_producer_metrics_overflow_total.
 type projection struct {
 	instance string
 	start    time.Time
 	hists    map[string][]int // event type -> indexes into metric.Histograms
+	limits   projectionLimits
+	log      *slog.Logger
+	overflow *prometheus.CounterVec // events counted under _overflow, by limit
+	spansOff prometheus.Counter     // span starts not tracked: too many open spans
 
-	mu        sync.Mutex
-	sources   map[string]*sourceMetrics
-	untracked uint64 // span starts not tracked because a source had too many open spans
+	mu      sync.Mutex
+	sources map[string]*sourceMetrics
+	series  int             // counters in all sources
+	warned  map[string]bool // limits already logged
+}
+
+// projectionLimits bound the projection (metrics.max_sources, max_types, max_series).
+type projectionLimits struct {
+	sources, types, series int
+}
+
+// Defaults of the limits, taken when the configuration leaves them at zero. Stalwart 0.16
+// has about 340 event types, and a mail server rarely sees half of them; the series bound
+// keeps the projection's maps to a few tens of MB whatever the sources.
+const (
+	defaultMaxSources = 1000
+	defaultMaxTypes   = 1000
+	defaultMaxSeries  = 100_000
+)
+
+// projectionLimits returns the limits of the configuration, defaults for zero fields.
+func (m *Metrics) projectionLimits() (projectionLimits, error) {
+	l := projectionLimits{sources: m.MaxSources, types: m.MaxTypes, series: m.MaxSeries}
+	var errs []error
+	for _, f := range []struct {
+		key string
+		v   *int
+		def int
+	}{{"metrics.max_sources", &l.sources, defaultMaxSources}, {"metrics.max_types", &l.types, defaultMaxTypes}, {"metrics.max_series", &l.series, defaultMaxSeries}} {
+		switch {
+		case *f.v == 0:
+			*f.v = f.def
+		case *f.v < 1 || *f.v > 10_000_000:
+			errs = append(errs, config.Problem(f.key, "want 1 to 10000000 (0: %d)", f.def))
+		}
+	}
+	return l, errors.Join(errs...)
 }
 
 type sourceMetrics struct {
@@ -33,15 +83,23 @@ type sourceMetrics struct {
 	changed  bool
 }
 
-// Bounds on the projection's memory.
+// maxOpenSpans bounds the spans tracked per source for the active-connection gauges.
+const maxOpenSpans = 100_000
+
+// overflowID names the source, and the counter of a source, that count the events past a
+// limit. No event type can have it (types start with a letter).
+const overflowID = "_overflow"
+
+// Labels of mailpulse_producer_metrics_overflow_total: the limit that was reached.
 const (
-	maxSources       = 1000
-	maxOpenSpans     = 100_000 // per source
-	overflowSourceID = "_overflow"
+	limitSources = "max_sources"
+	limitTypes   = "max_types"
+	limitSeries  = "max_series"
 )
 
-func newProjection(instance string, now time.Time) *projection {
-	p := &projection{instance: instance, start: now.UTC(), hists: map[string][]int{}, sources: map[string]*sourceMetrics{}}
+func newProjection(instance string, now time.Time, limits projectionLimits, log *slog.Logger, m *serviceMetrics) *projection {
+	p := &projection{instance: instance, start: now.UTC(), hists: map[string][]int{}, sources: map[string]*sourceMetrics{},
+		limits: limits, log: log, overflow: m.metricsOverflow, spansOff: m.spansUntracked, warned: map[string]bool{}}
 	for i, h := range metric.Histograms {
 		for _, t := range h.Events {
 			p.hists[t] = append(p.hists[t], i)
@@ -70,8 +128,9 @@ func (p *projection) observe(evs []event.Event, stored func(i int) bool) {
 func (p *projection) source(name string) *sourceMetrics {
 	sm := p.sources[name]
 	if sm == nil {
-		if len(p.sources) >= maxSources {
-			name = overflowSourceID
+		if len(p.sources) >= p.limits.sources {
+			p.overflowed(limitSources, p.limits.sources, name)
+			name = overflowID
 			if sm = p.sources[name]; sm != nil {
 				return sm
 			}
@@ -82,11 +141,42 @@ func (p *projection) source(name string) *sourceMetrics {
 	return sm
 }
 
+// count adds an event to its type's counter, or to the source's _overflow counter once the
+// source has limits.types counters or the projection limits.series.
+func (p *projection) count(sm *sourceMetrics, typ, source string) {
+	if _, ok := sm.counters[typ]; ok {
+		sm.counters[typ]++
+		return
+	}
+	switch {
+	case len(sm.counters) >= p.limits.types:
+		p.overflowed(limitTypes, p.limits.types, source)
+		typ = overflowID
+	case p.series >= p.limits.series:
+		p.overflowed(limitSeries, p.limits.series, source)
+		typ = overflowID
+	}
+	if _, ok := sm.counters[typ]; !ok {
+		p.series++
+	}
+	sm.counters[typ]++
+}
+
+// overflowed counts an event past a limit, and logs the limit the first time.
+func (p *projection) overflowed(limit string, value int, source string) {
+	p.overflow.WithLabelValues(limit).Inc()
+	if !p.warned[limit] {
+		p.warned[limit] = true
+		p.log.Warn("metrics limit reached: further series are counted under "+overflowID,
+			"limit", "metrics."+limit, "value", value, "source", source)
+	}
+}
+
 func (p *projection) observeOne(e *event.Event) {
 	sm := p.source(e.Source)
 	sm.changed = true
 	if countsAsCounter(e.Type) {
-		sm.counters[e.Type]++
+		p.count(sm, e.Type, e.Source)
 	}
 	for _, hi := range p.hists[e.Type] {
 		def := metric.Histograms[hi]
@@ -112,7 +202,7 @@ func (p *projection) observeOne(e *event.Event) {
 			return
 		}
 		if len(sm.spans) >= maxOpenSpans {
-			p.untracked++
+			p.spansOff.Inc()
 			return
 		}
 		if _, open := sm.spans[span]; !open {

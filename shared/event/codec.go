@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -178,11 +179,19 @@ func truncate(s string, n int) string {
 }
 
 // Defaults completes events sent by clients, which may leave out id, createdAt, level and
-// source.
+// source, and bounds the time they may claim.
 type Defaults struct {
 	Now    func() time.Time // when nil, time.Now
 	IDs    *IDs             // must be set
 	Source string           // used when the event has none
+
+	// MaxFuture and MaxAge bound createdAt around Now: an event dated more than MaxFuture
+	// ahead, or more than MaxAge back, is refused with the reason. Zero leaves that side
+	// unbounded. Every distinct day makes history partitions: without these bounds one
+	// client could make any number of them. A time outside 1970–2261 (see Representable) is
+	// refused whatever they say.
+	MaxFuture time.Duration
+	MaxAge    time.Duration
 }
 
 // Parse decodes one event as a client sends it, fills what it lacks (a new id, now, the
@@ -202,6 +211,8 @@ func (d *Defaults) complete(w wire) (Event, error) {
 	if w.CreatedAt == "" {
 		e.CreatedAt = d.now()
 	} else if e.CreatedAt, err = parseTime(w.CreatedAt); err != nil {
+		errs = append(errs, err)
+	} else if err := d.checkTime(e.CreatedAt); err != nil {
 		errs = append(errs, err)
 	}
 	if w.Level == "" {
@@ -227,6 +238,38 @@ func (d *Defaults) complete(w wire) (Event, error) {
 		return Event{}, errors.Join(errs...)
 	}
 	return e, nil
+}
+
+// checkTime applies the bounds on createdAt. The messages name the bound, so that the
+// sender's administrator can tell a wrong clock from a replay of old events.
+func (d *Defaults) checkTime(t time.Time) error {
+	at := t.Format(time.RFC3339Nano)
+	if !Representable(t) {
+		return fmt.Errorf("createdAt %s: outside the years 1970 to 2261", at)
+	}
+	if d.MaxFuture <= 0 && d.MaxAge <= 0 {
+		return nil
+	}
+	now := d.now()
+	if d.MaxFuture > 0 && t.After(now.Add(d.MaxFuture)) {
+		return fmt.Errorf("createdAt %s: more than %s ahead of this server's clock (%s); is the sender's clock right?", at, shortDuration(d.MaxFuture), now.Format(time.RFC3339))
+	}
+	if d.MaxAge > 0 && t.Before(now.Add(-d.MaxAge)) {
+		return fmt.Errorf("createdAt %s: older than %s, the oldest an event may be when it is sent", at, shortDuration(d.MaxAge))
+	}
+	return nil
+}
+
+// shortDuration writes 1h rather than 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = s[:len(s)-2]
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = s[:len(s)-2]
+	}
+	return s
 }
 
 func (d *Defaults) now() time.Time {

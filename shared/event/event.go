@@ -25,6 +25,21 @@ const (
 	MaxDepth     = 16 // nesting of objects and arrays inside data
 )
 
+// The times an event may carry, [minTime, maxTime): ULIDs start in 1970, and int64
+// nanoseconds since 1970 (the history stores', JetStream's start times) run out in April
+// 2262. Outside them a time would wrap (year 9999 read back as 1816), so they are refused
+// where events enter; consumers meet them only in what the log held before that check.
+var (
+	minTime = time.Unix(0, 0).UTC()
+	maxTime = time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
+// Representable reports whether t is within the times every part of mailpulse holds
+// without wrapping: from 1970-01-01 to the end of 2261 (UTC).
+func Representable(t time.Time) bool {
+	return !t.Before(minTime) && t.Before(maxTime)
+}
+
 // Event is one mail-server event: the envelope of design.md §4.
 //
 // Data holds the event's keys as a JSON object kept in its encoded form: consumers that

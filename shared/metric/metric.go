@@ -25,6 +25,11 @@ type Snapshot struct {
 	Counters   map[string]uint64    `json:"counters,omitempty"`
 	Gauges     map[string]float64   `json:"gauges,omitempty"`
 	Histograms map[string]Histogram `json:"histograms,omitempty"`
+	// Part and Parts number the pieces of a snapshot too large for one message (see Split):
+	// part 1 to Parts, each holding a disjoint share of the series and the same Source,
+	// Origin, Instance, Time and Start. Both are zero (left out) for a whole snapshot.
+	Part  int `json:"part,omitempty"`
+	Parts int `json:"parts,omitempty"`
 }
 
 // Origins of snapshots.

@@ -6,6 +6,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"hash/fnv"
 	"strings"
 	"time"
@@ -47,6 +48,10 @@ type Store interface {
 	Stats(ctx context.Context) (Stats, error)
 	// DropBefore removes whole partitions that end before t and returns how many.
 	DropBefore(ctx context.Context, t time.Time) (int, error)
+	// DropAfter removes whole partitions that start after t and returns how many: days
+	// ahead that the archiver no longer files anything under (made before it bounded
+	// the days ahead), which retention by age would never reach.
+	DropAfter(ctx context.Context, t time.Time) (int, error)
 	Close() error
 }
 
@@ -103,7 +108,63 @@ var (
 	ErrNotFound = errors.New("not found")
 	// ErrInvalid marks a query the store cannot run as asked.
 	ErrInvalid = errors.New("invalid query")
+	// ErrUnrepresentable marks a write with a time the stores cannot hold: they keep times
+	// as int64 nanoseconds since 1970, which would wrap (year 9999 read back as 1816).
+	// Nothing of such a batch is written; retrying it cannot help.
+	ErrUnrepresentable = errors.New("time outside 1970 to 2261, which the history cannot hold")
 )
+
+// CheckRecords returns ErrUnrepresentable, naming the first such record, when a record's
+// time is outside what the stores hold (event.Representable). Writers call it before
+// writing anything.
+func CheckRecords(recs []Record) error {
+	for i := range recs {
+		if t := recs[i].Event.CreatedAt; !event.Representable(t) {
+			return fmt.Errorf("event %q (sequence %d) dated %s: %w", recs[i].Event.ID, recs[i].Seq, t.Format(time.RFC3339), ErrUnrepresentable)
+		}
+	}
+	return nil
+}
+
+// CheckSnapshots is CheckRecords for metric snapshots.
+func CheckSnapshots(snaps []SnapshotRecord) error {
+	for i := range snaps {
+		if t := snaps[i].Snapshot.Time; !event.Representable(t) {
+			return fmt.Errorf("snapshot %d dated %s: %w", snaps[i].Seq, t.Format(time.RFC3339), ErrUnrepresentable)
+		}
+	}
+	return nil
+}
+
+// The times the stores hold: event.Representable's.
+var (
+	minTime = time.Unix(0, 0).UTC()
+	maxTime = time.Date(2262, 1, 1, 0, 0, 0, 0, time.UTC).Add(-time.Nanosecond)
+)
+
+// Clamp brings a query bound into the times the stores hold, so that a bound far out
+// means "from the start" or "to the end" rather than a wrapped time. The zero time (no
+// bound) stays zero.
+func Clamp(t time.Time) time.Time {
+	switch {
+	case t.IsZero():
+		return t
+	case t.Before(minTime):
+		return minTime
+	case t.After(maxTime):
+		return maxTime
+	}
+	return t
+}
+
+// Nanos is t in int64 nanoseconds since 1970, clamped into the times the stores hold
+// first (the zero time is 1970): it never wraps.
+func Nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return Clamp(t).UnixNano()
+}
 
 // KeywordKeys are the keys whose values the keyword search (text=) finds, as Stalwart's
 // history indexes from, to, domain, hostname and remote IP, plus the identifiers people look

@@ -29,6 +29,7 @@ func (s *Store) Query(ctx context.Context, q history.Query) (history.Page, error
 	if q.Limit <= 0 || q.Limit > history.MaxLimit {
 		q.Limit = history.DefaultLimit
 	}
+	q.From, q.To = store.Clamp(q.From), store.Clamp(q.To) // never a wrapped bound
 	var cur *history.Cursor
 	if q.Cursor != "" {
 		c, err := history.DecodeCursor(q.Cursor)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/mailpulse/mailpulse/services/archiver/store"
 )
 
 // Reset empties the store (every partition, spans, snapshots), for a rebuild from the log.
@@ -43,12 +45,22 @@ func (s *Store) Reset(ctx context.Context) error {
 
 // DropSnapshotsBefore implements store.Store.
 func (s *Store) DropSnapshotsBefore(ctx context.Context, t time.Time) (int64, error) {
-	tag, err := s.pool.Exec(ctx, `DELETE FROM snapshots WHERE ts < $1`, t.UnixNano())
+	tag, err := s.pool.Exec(ctx, `DELETE FROM snapshots WHERE ts < $1`, store.Nanos(t))
 	return tag.RowsAffected(), err
 }
 
 // DropBefore implements store.Store.
 func (s *Store) DropBefore(ctx context.Context, t time.Time) (int, error) {
+	return s.drop(ctx, func(day int) bool { return dayStart(day).Add(24 * time.Hour).Before(t) })
+}
+
+// DropAfter implements store.Store.
+func (s *Store) DropAfter(ctx context.Context, t time.Time) (int, error) {
+	return s.drop(ctx, func(day int) bool { return dayStart(day).After(t) })
+}
+
+// drop removes the days for which gone is true, each in a statement of its own.
+func (s *Store) drop(ctx context.Context, gone func(day int) bool) (int, error) {
 	rows, err := s.pool.Query(ctx, `SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass`)
 	if err != nil {
 		return 0, err
@@ -67,7 +79,7 @@ func (s *Store) DropBefore(ctx context.Context, t time.Time) (int, error) {
 	rows.Close()
 	n := 0
 	for _, d := range days {
-		if !dayStart(d).Add(24 * time.Hour).Before(t) {
+		if !gone(d) {
 			continue
 		}
 		ds := strconv.Itoa(d)

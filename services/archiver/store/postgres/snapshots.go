@@ -14,6 +14,9 @@ func (s *Store) WriteSnapshots(ctx context.Context, snaps []store.SnapshotRecord
 	if len(snaps) == 0 {
 		return nil
 	}
+	if err := store.CheckSnapshots(snaps); err != nil {
+		return err
+	}
 	seqs, tss, srcs, bodies := make([]int64, len(snaps)), make([]int64, len(snaps)), make([]string, len(snaps)), make([][]byte, len(snaps))
 	for i, r := range snaps {
 		b, err := r.Snapshot.Marshal()
@@ -26,10 +29,11 @@ func (s *Store) WriteSnapshots(ctx context.Context, snaps []store.SnapshotRecord
 	return err
 }
 
-// Snapshots implements store.Store.
+// Snapshots implements store.Store. Parts of a split snapshot are stored as they came, one
+// row each, and put back together here (metric.Merge).
 func (s *Store) Snapshots(ctx context.Context, from, to time.Time, source string, limit int) ([]metric.Snapshot, error) {
 	q := `SELECT body FROM snapshots WHERE ts BETWEEN $1 AND $2`
-	args := []any{from.UnixNano(), to.UnixNano()}
+	args := []any{store.Nanos(from), store.Nanos(to)}
 	if source != "" {
 		q, args = q+` AND source = $3`, append(args, source)
 	}
@@ -49,5 +53,5 @@ func (s *Store) Snapshots(ctx context.Context, from, to time.Time, source string
 			out = append(out, snap)
 		}
 	}
-	return out, rows.Err()
+	return metric.Merge(out), rows.Err()
 }

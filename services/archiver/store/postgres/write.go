@@ -12,6 +12,9 @@ func (s *Store) Write(ctx context.Context, recs []store.Record) error {
 	if len(recs) == 0 {
 		return nil
 	}
+	if err := store.CheckRecords(recs); err != nil {
+		return err
+	}
 	for _, r := range recs {
 		if err := s.ensureDay(ctx, dayOf(r.Event.CreatedAt)); err != nil {
 			return err

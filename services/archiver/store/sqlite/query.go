@@ -18,6 +18,7 @@ func (s *Store) Query(ctx context.Context, q history.Query) (history.Page, error
 	if q.Limit <= 0 || q.Limit > history.MaxLimit {
 		q.Limit = history.DefaultLimit
 	}
+	q.From, q.To = store.Clamp(q.From), store.Clamp(q.To) // never a wrapped bound
 	var cur *history.Cursor
 	if q.Cursor != "" {
 		c, err := history.DecodeCursor(q.Cursor)
@@ -139,10 +140,10 @@ func (s *Store) queryDay(ctx context.Context, day int, q *history.Query, typeIDs
 	// The window of the whole query within this day, in seconds of the day.
 	lo, hi := int64(0), int64(86399)
 	if !q.From.IsZero() {
-		lo = max(lo, tsecOf(q.From.UnixNano(), day))
+		lo = max(lo, tsecOf(store.Nanos(q.From), day))
 	}
 	if !q.To.IsZero() {
-		hi = min(hi, tsecOf(q.To.UnixNano(), day))
+		hi = min(hi, tsecOf(store.Nanos(q.To), day))
 	}
 	if cur != nil {
 		if q.Desc {
@@ -187,10 +188,10 @@ func (s *Store) queryRange(ctx context.Context, day int, q *history.Query, typeI
 		}
 	}
 	if !q.From.IsZero() {
-		where, args = append(where, "e.ts >= ?"), append(args, q.From.UnixNano())
+		where, args = append(where, "e.ts >= ?"), append(args, store.Nanos(q.From))
 	}
 	if !q.To.IsZero() {
-		where, args = append(where, "e.ts <= ?"), append(args, q.To.UnixNano())
+		where, args = append(where, "e.ts <= ?"), append(args, store.Nanos(q.To))
 	}
 	if len(typeIDs) > 0 {
 		where = append(where, "e.typ IN ("+placeholders(len(typeIDs))+")")

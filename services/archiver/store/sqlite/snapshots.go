@@ -14,6 +14,9 @@ func (s *Store) WriteSnapshots(ctx context.Context, snaps []store.SnapshotRecord
 	if len(snaps) == 0 {
 		return nil
 	}
+	if err := store.CheckSnapshots(snaps); err != nil {
+		return err
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	tx, err := s.w.BeginTx(ctx, nil)
@@ -38,10 +41,11 @@ func (s *Store) WriteSnapshots(ctx context.Context, snaps []store.SnapshotRecord
 	return tx.Commit()
 }
 
-// Snapshots implements store.Store.
+// Snapshots implements store.Store. Parts of a split snapshot are stored as they came, one
+// row each, and put back together here (metric.Merge).
 func (s *Store) Snapshots(ctx context.Context, from, to time.Time, source string, limit int) ([]metric.Snapshot, error) {
 	q := `SELECT body FROM snapshots WHERE ts BETWEEN ? AND ?`
-	args := []any{from.UnixNano(), to.UnixNano()}
+	args := []any{store.Nanos(from), store.Nanos(to)}
 	if source != "" {
 		q, args = q+` AND source = ?`, append(args, source)
 	}
@@ -62,5 +66,5 @@ func (s *Store) Snapshots(ctx context.Context, from, to time.Time, source string
 		}
 		out = append(out, snap)
 	}
-	return out, rows.Err()
+	return metric.Merge(out), rows.Err()
 }

@@ -39,6 +39,9 @@ func (s *Store) Write(ctx context.Context, recs []store.Record) (err error) {
 	if len(recs) == 0 {
 		return nil
 	}
+	if err := store.CheckRecords(recs); err != nil {
+		return err
+	}
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
 	// Cache entries made in the transaction join the caches only once it commits.

@@ -23,6 +23,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("Spans", func(t *testing.T) { testSpans(t, open(t)) })
 	t.Run("Retention", func(t *testing.T) { testRetention(t, open(t)) })
 	t.Run("Snapshots", func(t *testing.T) { testSnapshots(t, open(t)) })
+	t.Run("TimesThatWouldWrapAreRefused", func(t *testing.T) { testUnrepresentable(t, open(t)) })
+	t.Run("SplitSnapshotsReadWhole", func(t *testing.T) { testSplitSnapshots(t, open(t)) })
 }
 
 var base = time.Date(2026, 11, 20, 10, 0, 0, 0, time.UTC)
@@ -281,6 +283,124 @@ func testRetention(t *testing.T, s store.Store) {
 	// Writing into a dropped day again works (a rebuild from the log).
 	if err := s.Write(t.Context(), recs[4:]); err != nil {
 		t.Errorf("write into a dropped day: %v", err)
+	}
+	// Days ahead: DropAfter removes the days that start after its time, whole.
+	ahead := []store.Record{
+		rec(10, base.AddDate(0, 0, 1), "smtp.ehlo", event.Info, "mx", `{}`),
+		rec(11, base.AddDate(0, 0, 2), "smtp.ehlo", event.Info, "mx", `{}`),
+		rec(12, base.AddDate(200, 0, 0), "smtp.ehlo", event.Info, "mx", `{}`),
+	}
+	if err := s.Write(t.Context(), ahead); err != nil {
+		t.Fatal(err)
+	}
+	n, err = s.DropAfter(t.Context(), base.AddDate(0, 0, 1).Add(-time.Hour))
+	if err != nil || n != 2 {
+		t.Fatalf("DropAfter = %d, %v; want the 2 partitions that start after it", n, err)
+	}
+	got = query(t, s, history.Query{From: base.AddDate(0, 0, -10), To: base.AddDate(300, 0, 0)})
+	if !eq(got, []string{"id-5", "id-3", "id-2", "id-1", "id-10"}) {
+		t.Errorf("after DropAfter: %v, want the day that starts before the cut kept", got)
+	}
+}
+
+// Issue 9 #4: times were stored as int64 nanoseconds unchecked, so year 9999 came back as
+// 1816. A time the store cannot hold is refused with ErrUnrepresentable, and nothing of its
+// batch is written; query bounds far out are clamped, never wrapped.
+func testUnrepresentable(t *testing.T, s store.Store) {
+	defer s.Close()
+	good := rec(1, base, "smtp.ehlo", event.Info, "mx", `{}`)
+	last := rec(2, time.Date(2261, 12, 31, 23, 59, 59, 999999999, time.UTC), "smtp.ehlo", event.Info, "mx", `{}`)
+	for _, at := range []time.Time{
+		time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(2262, 4, 12, 0, 0, 0, 0, time.UTC),
+		time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(1677, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Unix(0, -1),
+	} {
+		bad := rec(3, at, "smtp.ehlo", event.Info, "mx", `{}`)
+		if err := s.Write(t.Context(), []store.Record{good, bad}); !errors.Is(err, store.ErrUnrepresentable) {
+			t.Errorf("Write(event dated %v) = %v, want ErrUnrepresentable", at, err)
+		}
+		snap := store.SnapshotRecord{Seq: 9, Snapshot: metric.Snapshot{Source: "mx", Origin: metric.OriginEvents, Instance: "p", Time: at}}
+		if err := s.WriteSnapshots(t.Context(), []store.SnapshotRecord{snap}); !errors.Is(err, store.ErrUnrepresentable) {
+			t.Errorf("WriteSnapshots(snapshot dated %v) = %v, want ErrUnrepresentable", at, err)
+		}
+	}
+	if st, err := s.Stats(t.Context()); err != nil || st.Events != 0 {
+		t.Fatalf("Stats = %+v, %v: a refused batch wrote something", st, err)
+	}
+	// The last representable instant round-trips.
+	if err := s.Write(t.Context(), []store.Record{good, last}); err != nil {
+		t.Fatal(err)
+	}
+	// (Not 0001-01-01T00:00:00Z, which is the zero time: no bound.)
+	far := history.Query{From: time.Date(1, 6, 1, 0, 0, 0, 0, time.UTC), To: time.Date(9999, 12, 31, 0, 0, 0, 0, time.UTC), Limit: 10}
+	for _, desc := range []bool{false, true} {
+		far.Desc = desc
+		p, err := s.Query(t.Context(), far)
+		if err != nil || len(p.Events) != 2 {
+			t.Fatalf("Query(year 1 to 9999, desc %v) = %d events, %v; want both", desc, len(p.Events), err)
+		}
+		for _, e := range p.Events {
+			var got struct{ ID, CreatedAt string }
+			json.Unmarshal(e.Raw(), &got)
+			want := map[string]string{"id-1": base.Format(time.RFC3339Nano), "id-2": "2261-12-31T23:59:59.999999999Z"}[got.ID]
+			if got.CreatedAt != want {
+				t.Errorf("%s read back dated %s, want %s", got.ID, got.CreatedAt, want)
+			}
+		}
+	}
+	snap := store.SnapshotRecord{Seq: 1, Snapshot: metric.Snapshot{Source: "mx", Origin: metric.OriginEvents, Instance: "p", Time: base}}
+	if err := s.WriteSnapshots(t.Context(), []store.SnapshotRecord{snap}); err != nil {
+		t.Fatal(err)
+	}
+	if all, err := s.Snapshots(t.Context(), far.From, far.To, "", 10); err != nil || len(all) != 1 {
+		t.Errorf("Snapshots(year 1 to 9999) = %d, %v; want 1", len(all), err)
+	}
+	if n, err := s.DropSnapshotsBefore(t.Context(), far.From); err != nil || n != 0 {
+		t.Errorf("DropSnapshotsBefore(year 1) = %d, %v; want 0 (a wrapped bound dropped them)", n, err)
+	}
+}
+
+// Issue 9 #7: a snapshot too large for one message is published in parts; the store keeps
+// each part as it came, and reads the snapshot back whole.
+func testSplitSnapshots(t *testing.T, s store.Store) {
+	defer s.Close()
+	big := metric.Snapshot{Source: "mx", Origin: metric.OriginEvents, Instance: "p", Time: base, Start: base, Counters: map[string]uint64{}}
+	for i := range 3000 {
+		big.Counters[fmt.Sprintf("custom.type-%d", i)] = uint64(i)
+	}
+	msgs, err := big.Split(16 << 10)
+	if err != nil || len(msgs) < 3 {
+		t.Fatalf("Split = %d parts, %v", len(msgs), err)
+	}
+	var recs []store.SnapshotRecord
+	for i, m := range msgs {
+		part, err := metric.Unmarshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, store.SnapshotRecord{Seq: uint64(10 + i), Snapshot: part})
+	}
+	other := store.SnapshotRecord{Seq: 1, Snapshot: metric.Snapshot{Source: "mx2", Origin: metric.OriginEvents, Instance: "p", Time: base, Counters: map[string]uint64{"auth.failed": 1}}}
+	// Two batches, the parts of one snapshot across them.
+	if err := s.WriteSnapshots(t.Context(), append([]store.SnapshotRecord{other}, recs[:1]...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.WriteSnapshots(t.Context(), recs[1:]); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Snapshots(t.Context(), base.Add(-time.Minute), base.Add(time.Minute), "mx", 1000)
+	if err != nil || len(got) != 1 || !got[0].Whole() || len(got[0].Counters) != 3000 || got[0].Counters["custom.type-2999"] != 2999 {
+		n := 0
+		if len(got) > 0 {
+			n = len(got[0].Counters)
+		}
+		t.Fatalf("Snapshots = %d snapshots (first with %d counters), %v; want 1 whole with 3000", len(got), n, err)
+	}
+	all, _ := s.Snapshots(t.Context(), base.Add(-time.Minute), base.Add(time.Minute), "", 1000)
+	if len(all) != 2 {
+		t.Errorf("Snapshots of every source = %d, want 2 (mx whole, mx2)", len(all))
 	}
 }
 
