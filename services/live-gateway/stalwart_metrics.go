@@ -23,7 +23,7 @@ import (
 // origin gateway.metrics_origin chooses. Samples are stamped at the end of their hour, or
 // now for the current one: never in the future.
 func (s *Service) stalwartMetrics(c *fiber.Ctx) error {
-	now := time.Now().UTC().Truncate(time.Second)
+	now := time.Now().UTC()
 	req, err := parseStalwartMetrics(c, now)
 	if err != nil {
 		return httpserver.Error(c, fiber.StatusBadRequest, err.Error())
