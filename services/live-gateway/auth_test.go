@@ -25,6 +25,11 @@ func TestAuthTokensAndBadInput(t *testing.T) {
 		{"filter too long", "/api/v1/live/events?filter=" + strings.Repeat("x", 300), withKey(h.viewer), 400},
 		{"garbage Last-Event-ID", "/api/v1/live/events", map[string]string{"Authorization": "Bearer " + h.viewer, "Last-Event-ID": "yesterday"}, 400},
 		{"garbage since", "/api/v1/live/events?since=soon", withKey(h.viewer), 400},
+		// Past what JetStream's nanoseconds hold: 2263 wrapped to 1678 and replayed everything.
+		{"since past 2261", "/api/v1/live/events?since=2263-01-01T00:00:00Z", withKey(h.viewer), 400},
+		{"since before 1970", "/api/v1/live/events?since=1969-12-31T23:59:59Z", withKey(h.viewer), 400},
+		{"replay start past 2261", "/api/v1/replay?start=9999-01-01T00:00:00Z", withKey(h.viewer), 400},
+		{"replay end past 2261", "/api/v1/replay?start=2026-01-01T00:00:00Z&end=2263-01-01T00:00:00Z", withKey(h.viewer), 400},
 		{"garbage token", "/api/live/tracing?token=abc.def", nil, 401},
 		{"keys need admin", "/api/v1/keys", withKey(h.viewer), 403},
 	} {

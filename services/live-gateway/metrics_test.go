@@ -2,6 +2,7 @@ package livegateway
 
 import (
 	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -209,5 +210,44 @@ func TestStalwart015MetricsUse015Names(t *testing.T) {
 	got = items("/api/live/metrics?interval=3600&metrics=queue.*")
 	if len(got) != 2 || got["queue.message-queued"] != 7 {
 		t.Errorf("0.16 metrics = %v, want 0.16's names", got)
+	}
+}
+
+// TestSplitSnapshotsAreShownWhole: a snapshot too large for one message comes in parts; the
+// gateway kept only the first (the others were not newer), and lost the rest of the
+// series. A snapshot stamped far in the future is ignored: it used to hide every later
+// snapshot of its producer until its time came.
+func TestSplitSnapshotsAreShownWhole(t *testing.T) {
+	h := start(t, Config{}, false)
+	t0 := time.Now().Add(-5 * time.Second)
+	counters := map[string]uint64{}
+	for i := range 300 {
+		counters[fmt.Sprintf("group.type-%03d", i)] = uint64(i + 1)
+	}
+	snap := metric.Snapshot{Source: "mx1", Origin: metric.OriginEvents, Instance: "p1", Time: t0, Start: t0, Counters: counters}
+	parts, err := snap.Split(2048)
+	if err != nil || len(parts) < 3 {
+		t.Fatalf("split: %d parts, %v", len(parts), err)
+	}
+	future := metric.Snapshot{Source: "mx1", Origin: metric.OriginEvents, Instance: "p1", Time: t0.Add(48 * time.Hour), Start: t0, Counters: map[string]uint64{"group.type-000": 1e9}}
+	b, _ := future.Marshal()
+	if err := h.pub.Publish(t.Context(), bus.Msg{Subject: bus.MetricsSubject("mx1"), ID: "future", Data: b}); err != nil {
+		t.Fatal(err)
+	}
+	for i, p := range parts {
+		if err := h.pub.Publish(t.Context(), bus.Msg{Subject: bus.MetricsSubject("mx1"), ID: fmt.Sprintf("part-%d", i), Data: p}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	poll.Until(t, "the whole snapshot to be shown", func() bool { return h.gw.snaps.updates.Load() == 1 })
+	c, _ := h.open("/api/live/metrics?interval=3600&metrics=group.*", withKey(h.viewer))
+	var items []map[string]any
+	if f := c.next(t, "metrics"); json.Unmarshal([]byte(f.data), &items) != nil || len(items) != 300 {
+		t.Fatalf("%d items, want the 300 counters of every part", len(items))
+	}
+	for _, it := range items {
+		if it["metric"] == "group.type-000" && it["count"].(float64) != 1 {
+			t.Errorf("group.type-000 = %v: the far-future snapshot was shown", it["count"])
+		}
 	}
 }

@@ -21,7 +21,7 @@ func (h *harness) publishEveryKind() {
 	hist.Observe(300)
 	hist.Observe(7000)
 	h.publishSnapshot(metric.Snapshot{Source: "mx1.example.org", Origin: metric.OriginEvents, Instance: "p1", Time: t0, Start: t0,
-		Counters:   map[string]uint64{"smtp.connection-start": 5, "queue.message-queued": 2, "auth.failed": 1},
+		Counters:   map[string]uint64{"smtp.connection-start": 5, "queue.message-queued": 2, "auth.failed": 1, "_overflow": 4}, // _overflow: events past the projection's caps
 		Gauges:     map[string]float64{"queue.count": 3, "user.count": 10, "domain.count": 2, "server.memory": 1 << 20, "smtp.active-connections": 1},
 		Histograms: map[string]metric.Histogram{"delivery.attempt-time": hist}})
 	poll.Until(h.t, "the snapshot to be read", func() bool { return h.gw.snaps.updates.Load() == 1 })

@@ -12,6 +12,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/filter"
 	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
@@ -89,14 +90,19 @@ func parseReplay(c *fiber.Ctx) (replayRequest, error) {
 	var problems []string
 	var req replayRequest
 	// start and end, not from and to: those are mail keys, filterable like any other.
+	// Both must fit JetStream's int64 nanoseconds (a start in 2263 wrapped to 1678).
 	if v := q.Get("start"); v == "" {
 		problems = append(problems, "start: required (RFC 3339)")
 	} else if req.from, err = time.Parse(time.RFC3339Nano, v); err != nil {
 		problems = append(problems, "start: want an RFC 3339 time")
+	} else if !event.Representable(req.from) {
+		problems = append(problems, "start: want a time from 1970 to 2261")
 	}
 	if v := q.Get("end"); v != "" {
 		if req.to, err = time.Parse(time.RFC3339Nano, v); err != nil {
 			problems = append(problems, "end: want an RFC 3339 time")
+		} else if !event.Representable(req.to) {
+			problems = append(problems, "end: want a time from 1970 to 2261")
 		} else if !req.from.IsZero() && req.to.Before(req.from) {
 			problems = append(problems, "start is after end: the range is reversed")
 		}

@@ -24,7 +24,16 @@ type snapshots struct {
 	latest  map[string]metric.Snapshot // by origin/instance/source
 	prev    map[string]metric.Snapshot
 	updates atomic.Uint64
+
+	// pending gathers the parts of snapshots too large for one message (metric.Split),
+	// by origin/instance/source, until the last one comes. Only the consumer uses it.
+	pending map[string][]metric.Snapshot
+	now     func() time.Time
 }
+
+// maxFuture is how far ahead of the gateway's clock a snapshot may be stamped: a later one
+// would hide every snapshot of its producer until its time came.
+const maxFuture = time.Hour
 
 const maxSnapshotSeries = 10_000 // bounds the map against a flood of sources
 
@@ -33,7 +42,8 @@ const maxSnapshotSeries = 10_000 // bounds the map against a flood of sources
 const snapshotLookback = 10 * time.Minute
 
 func newSnapshots(js jetstream.JetStream, log *slog.Logger) *snapshots {
-	return &snapshots{js: js, log: log, latest: map[string]metric.Snapshot{}, prev: map[string]metric.Snapshot{}}
+	return &snapshots{js: js, log: log, latest: map[string]metric.Snapshot{}, prev: map[string]metric.Snapshot{},
+		pending: map[string][]metric.Snapshot{}, now: time.Now}
 }
 
 // run follows the METRICS stream until ctx ends, starting over whenever the read fails, for
@@ -76,13 +86,42 @@ func (s *snapshots) consume(ctx context.Context) error {
 			s.log.Debug("undecodable metric snapshot skipped", "seq", m.Seq, "err", err)
 			return nil
 		}
-		s.add(snap)
+		if whole, ok := s.assemble(snap); ok {
+			s.add(whole)
+		}
 		return nil
 	})
 	return err
 }
 
+// assemble returns a whole snapshot: snap itself, or, once its last part has come, the
+// parts of a split one put together. A part of a newer snapshot replaces the parts of an
+// older one that never completed.
+func (s *snapshots) assemble(snap metric.Snapshot) (metric.Snapshot, bool) {
+	if snap.Whole() {
+		return snap, true
+	}
+	k := snap.Origin + "/" + snap.Instance + "/" + snap.Source
+	parts := s.pending[k]
+	if len(parts) > 0 && (!parts[0].Time.Equal(snap.Time) || parts[0].Parts != snap.Parts) {
+		parts = nil
+	}
+	if len(parts) == 0 && len(s.pending) >= maxSnapshotSeries {
+		return metric.Snapshot{}, false
+	}
+	parts = append(parts, snap)
+	if merged := metric.Merge(parts); len(merged) == 1 {
+		delete(s.pending, k)
+		return merged[0], true
+	}
+	s.pending[k] = parts
+	return metric.Snapshot{}, false
+}
+
 func (s *snapshots) add(snap metric.Snapshot) {
+	if snap.Time.After(s.now().Add(maxFuture)) {
+		return
+	}
 	k := snap.Origin + "/" + snap.Instance + "/" + snap.Source
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -54,6 +54,11 @@ func parseResume(lastEventID, since string) (resumePoint, error) {
 		if err != nil {
 			return resumePoint{}, fmt.Errorf("since %q: want a stream sequence or an RFC 3339 time", truncate(since))
 		}
+		// JetStream keeps start times in int64 nanoseconds: year 2263 would wrap to 1678 and
+		// replay the whole log.
+		if !event.Representable(t) {
+			return resumePoint{}, fmt.Errorf("since %q: want a time from 1970 to 2261", truncate(since))
+		}
 		return resumePoint{since: t, set: true}, nil
 	}
 	return resumePoint{}, nil
