@@ -15,10 +15,17 @@ import (
 // FuzzFrames feeds arbitrary text (control characters, quotes, invalid UTF-8, line breaks)
 // into events' types, keys and values, and arbitrary JSON as their data, through the
 // native, Stalwart 0.15 and 0.16 writers and the named frames. Every frame must keep the SSE
-// framing (each line a field, one data line per frame) and carry valid JSON.
+// framing (each line a field, one data line per frame) and carry valid JSON, and Stalwart's
+// frames must hold only what Stalwart's clients decode: WebAdmin's closed set of keys and
+// its values (no null), the registry's TraceValues, times at whole seconds.
 // The seed corpus is in testdata/fuzz/FuzzFrames.
 func FuzzFrames(f *testing.F) {
 	f.Add("smtp.rcpt-to", "remoteIp", "203.0.113.7", []byte(`{"to":["b@example.org"],"size":10}`))
+	f.Add("smtp.rcpt-to", "nextRetry", "2026-11-21T10:00:00.5+01:00", []byte(`{"spanId":"18446744073709551616","elapsed":-1,"ip":"::1%eth0","tenant":{}}`))
+	keys := map[string]bool{}
+	for _, k := range stalwartKeyList(f) {
+		keys[k] = true
+	}
 	f.Fuzz(func(t *testing.T, typ, key, value string, rawData []byte) {
 		data := fuzzData(key, value, rawData)
 		e := event.Event{ID: "id-" + value, CreatedAt: time.Date(2026, 11, 21, 10, 0, 0, 0, time.UTC), Type: typ, Level: event.Info, Source: value, Data: data}
@@ -41,6 +48,9 @@ func FuzzFrames(f *testing.F) {
 					t.Fatalf("0.15 text = %q, want the type %q", items[0]["text"], typ)
 				}
 			}
+			if fm != formatNative {
+				checkStalwartItems(t, fm, keys, out.String())
+			}
 		}
 	})
 }
@@ -53,11 +63,35 @@ func fuzzData(key, value string, rawData []byte) event.Data {
 		return event.Data(rawData)
 	}
 	b, _ := json.MarshalIndent(map[string]any{
-		key:      value,
-		"list":   []any{value, 1.5, -2, true, nil},
-		"nested": map[string]any{"type": value, "data": map[string]any{key: value}},
+		key:        value,
+		"list":     []any{value, 1.5, -2, true, nil},
+		"to":       []any{value, 1.5, -2, true, nil, map[string]any{key: value}},
+		"nested":   map[string]any{"type": value, "data": map[string]any{key: value}},
+		"causedBy": map[string]any{"type": value, "data": map[string]any{key: value, "causedBy": map[string]any{"type": key}}},
 	}, "", "\n")
 	return event.Data(b)
+}
+
+// checkStalwartItems decodes the items of a stream's trace frame as Stalwart's clients do.
+func checkStalwartItems(t *testing.T, fm format, keys map[string]bool, stream string) {
+	t.Helper()
+	for _, line := range strings.Split(stream, "\n") {
+		d, ok := strings.CutPrefix(line, "data: ")
+		if !ok || !strings.HasPrefix(d, "[") {
+			continue
+		}
+		var items []map[string]any
+		decodeJSON(t, d, &items)
+		for _, it := range items {
+			if fm == formatStalwart15 {
+				checkWebAdminEvent(t, keys, it, false)
+			} else {
+				checkTraceEvent(t, keys, it)
+			}
+		}
+		return
+	}
+	t.Fatalf("%s: no trace frame in %q", fm, stream)
 }
 
 // checkFrames checks a stream's framing and JSON, and returns the first trace frame's items.

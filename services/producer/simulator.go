@@ -107,16 +107,21 @@ func (s *Simulator) Next() event.Event {
 func (s *Simulator) pick(xs []string) string { return xs[s.rng.IntN(len(xs))] }
 func (s *Simulator) chance(p float64) bool   { return s.rng.Float64() < p }
 
-func (s *Simulator) span() string {
+// span returns a new span id: a number, as Stalwart's span ids are (u64), so that Stalwart's
+// clients read them as they read Stalwart's.
+func (s *Simulator) span() uint64 {
 	s.spanSeq++
-	return strconv.FormatUint(0x5a000000+s.spanSeq, 10)
+	return 0x5a000000 + s.spanSeq
 }
 
+// noSpan is the span of an event outside any session.
+const noSpan = 0
+
 // data starts a data object with the span's keys.
-func (s *Simulator) data(span string) *event.Builder {
+func (s *Simulator) data(span uint64) *event.Builder {
 	s.b.Reset()
-	if span != "" {
-		s.b.Str("spanId", span)
+	if span != noSpan {
+		s.b.Uint("spanId", span)
 	}
 	return &s.b
 }
@@ -141,11 +146,11 @@ func (s *Simulator) newSession() *simSession {
 	}
 }
 
-func (s *Simulator) connStart(ev *[]simEvent, group, span, ip string, port int) {
+func (s *Simulator) connStart(ev *[]simEvent, group string, span uint64, ip string, port int) {
 	*ev = append(*ev, simEvent{group + ".connection-start", s.data(span).Str("listenerId", group).Int("localPort", int64(port)).Str("remoteIp", ip).Int("remotePort", int64(1024+s.rng.IntN(60000))).Data()})
 }
 
-func (s *Simulator) connEnd(ev *[]simEvent, group, span, ip string, maxMs int) {
+func (s *Simulator) connEnd(ev *[]simEvent, group string, span uint64, ip string, maxMs int) {
 	*ev = append(*ev, simEvent{group + ".connection-end", s.data(span).Str("remoteIp", ip).Int("elapsed", int64(20+s.rng.IntN(maxMs))).Data()})
 }
 
@@ -332,29 +337,29 @@ func (s *Simulator) misc() *simSession {
 	var e simEvent
 	switch r := s.rng.IntN(100); {
 	case r < 20:
-		e = simEvent{"security.ip-blocked", s.data("").Str("remoteIp", fmt.Sprintf("45.%d.%d.%d", s.rng.IntN(255), s.rng.IntN(255), 1+s.rng.IntN(254))).Data()}
+		e = simEvent{"security.ip-blocked", s.data(noSpan).Str("remoteIp", fmt.Sprintf("45.%d.%d.%d", s.rng.IntN(255), s.rng.IntN(255), 1+s.rng.IntN(254))).Data()}
 	case r < 35:
-		e = simEvent{"network.timeout", s.data("").Str("remoteIp", s.pick(s.ips)).Data()}
+		e = simEvent{"network.timeout", s.data(noSpan).Str("remoteIp", s.pick(s.ips)).Data()}
 	case r < 45:
-		e = simEvent{"tls.handshake-error", s.data("").Str("remoteIp", s.pick(s.ips)).Str("details", "unsupported protocol version").Data()}
+		e = simEvent{"tls.handshake-error", s.data(noSpan).Str("remoteIp", s.pick(s.ips)).Str("details", "unsupported protocol version").Data()}
 	case r < 55:
-		e = simEvent{"incoming-report.dmarc-report", s.data("").Str("from", "noreply-dmarc@"+s.pick(s.remotes)).Str("domain", "example.org").Int("total", int64(1+s.rng.IntN(200))).Data()}
+		e = simEvent{"incoming-report.dmarc-report", s.data(noSpan).Str("from", "noreply-dmarc@"+s.pick(s.remotes)).Str("domain", "example.org").Int("total", int64(1+s.rng.IntN(200))).Data()}
 	case r < 63:
-		e = simEvent{"store.data-write", s.data("").Int("elapsed", int64(s.rng.IntN(40))).Data()}
+		e = simEvent{"store.data-write", s.data(noSpan).Int("elapsed", int64(s.rng.IntN(40))).Data()}
 	case r < 70:
-		e = simEvent{"message-ingest.search-index", s.data("").Str("accountName", s.pick(s.accounts)).Int("elapsed", int64(1+s.rng.IntN(300))).Data()}
+		e = simEvent{"message-ingest.search-index", s.data(noSpan).Str("accountName", s.pick(s.accounts)).Int("elapsed", int64(1+s.rng.IntN(300))).Data()}
 	case r < 75:
-		e = simEvent{"queue.back-pressure", s.data("").Int("total", int64(1000+s.rng.IntN(5000))).Data()}
+		e = simEvent{"queue.back-pressure", s.data(noSpan).Int("total", int64(1000+s.rng.IntN(5000))).Data()}
 	case r < 80:
-		e = simEvent{"dkim.signer-not-found", s.data("").Str("domain", "legacy.example.org").Data()}
+		e = simEvent{"dkim.signer-not-found", s.data(noSpan).Str("domain", "legacy.example.org").Data()}
 	case r < 84:
-		e = simEvent{"store.sqlite-error", s.data("").Str("details", "database is locked").Data()}
+		e = simEvent{"store.sqlite-error", s.data(noSpan).Str("details", "database is locked").Data()}
 	case r < 88:
-		e = simEvent{"message-ingest.error", s.data("").Str("accountName", s.pick(s.accounts)).Str("details", "quota exceeded").Data()}
+		e = simEvent{"message-ingest.error", s.data(noSpan).Str("accountName", s.pick(s.accounts)).Str("details", "quota exceeded").Data()}
 	case r < 94:
-		e = simEvent{"spam.train-completed", s.data("").Int("total", int64(s.rng.IntN(5000))).Int("elapsed", int64(s.rng.IntN(10_000))).Data()}
+		e = simEvent{"spam.train-completed", s.data(noSpan).Int("total", int64(s.rng.IntN(5000))).Int("elapsed", int64(s.rng.IntN(10_000))).Data()}
 	default:
-		e = simEvent{"security.scan-ban", s.data("").Str("remoteIp", fmt.Sprintf("89.%d.%d.%d", s.rng.IntN(255), s.rng.IntN(255), 1+s.rng.IntN(254))).Data()}
+		e = simEvent{"security.scan-ban", s.data(noSpan).Str("remoteIp", fmt.Sprintf("89.%d.%d.%d", s.rng.IntN(255), s.rng.IntN(255), 1+s.rng.IntN(254))).Data()}
 	}
 	return &simSession{[]simEvent{e}}
 }

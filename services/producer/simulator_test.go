@@ -1,9 +1,12 @@
 package producer
 
 import (
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tidwall/gjson"
 )
 
 func fixedClock() func() time.Time {
@@ -25,7 +28,11 @@ func TestSimulatorDeterministicAndRealistic(t *testing.T) {
 			t.Fatalf("event %d invalid: %v: %s", i, err, ja)
 		}
 		types[ea.Type]++
-		span := ea.Data.Get("spanId").Str
+		sp := ea.Data.Get("spanId")
+		if sp.Exists() && (sp.Type != gjson.Number || sp.Raw != strconv.FormatUint(sp.Uint(), 10)) {
+			t.Fatalf("event %d: spanId %s, want a number, as Stalwart's span ids are: %s", i, sp.Raw, ja)
+		}
+		span := sp.Raw
 		switch {
 		case strings.HasSuffix(ea.Type, ".connection-start"):
 			open[span] = true
