@@ -275,7 +275,11 @@ func appendStalwart15(b []byte, f frame, descs map[string][]byte) (_ []byte, ok 
 		return b[:start], false
 	}
 	b = append(b, `,"type":`...)
-	b = append(b, e.typ.Raw...)
+	if old := event.To015(e.typ.Str); old != e.typ.Str { // 0.15's name of a type 0.16 renamed
+		b = appendJSONString(b, old)
+	} else {
+		b = append(b, e.typ.Raw...)
+	}
 	b = append(b, `,"data":{`...)
 	var seen keySet
 	n := 0

@@ -12,6 +12,7 @@ import (
 	"github.com/tidwall/gjson"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/history"
 	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
@@ -76,7 +77,8 @@ func (s *Service) traces(c *fiber.Ctx) error {
 // request, so listSpans asks for them a page at a time.
 func parseTraces(c *fiber.Ctx, now time.Time) (history.SpansRequest, error) {
 	var problems []string
-	req := history.SpansRequest{Kind: c.Query("type"), QueueID: c.Query("queue_id")}
+	// type= names a type as 0.15 does (queue.queue-message); the history has 0.16's names.
+	req := history.SpansRequest{Kind: event.From015(c.Query("type")), QueueID: c.Query("queue_id")}
 	var after, before time.Time
 	var err error
 	if v := c.Query("after"); v != "" {

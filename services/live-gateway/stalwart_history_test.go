@@ -149,7 +149,7 @@ func TestStalwartTracesEverythingIsCapped(t *testing.T) {
 
 // values (any non-empty value, as Stalwart's params.get("values").is_some()) lists each
 // session's queueing or delivery attempt start, and nothing for a session without one;
-// items are 0.15 items with details, their span ids numbers.
+// items are 0.15 items with details, their span ids numbers, their types 0.15 names.
 func TestStalwartTracesValues(t *testing.T) {
 	h := start(t, Config{}, false)
 	(&manySpans{n: 30}).serve(h)
@@ -164,7 +164,7 @@ func TestStalwartTracesValues(t *testing.T) {
 			decodeJSON(t, string(raw), &item)
 			checkWebAdminEvent(t, keys, item, false)
 			data := item["data"].(map[string]any)
-			if item["type"] != "queue.message-queued" || item["details"] == nil || data["spanId"] != json.Number(spanNumber(2*i)) || data["queueId"] != json.Number("42") {
+			if item["type"] != "queue.queue-message" || item["details"] == nil || data["spanId"] != json.Number(spanNumber(2*i)) || data["queueId"] != json.Number("42") {
 				t.Errorf("values=%s: item %d = %s", v, i, raw)
 			}
 		}
