@@ -38,6 +38,13 @@ func Run(ctx context.Context, role string, set *Settings, log *slog.Logger, read
 	if !known(role) {
 		return fmt.Errorf("role %s is not built yet: this version runs all, producer, live-gateway and archiver", role)
 	}
+	// Every connection is a file: the soft limit (often 1,024) is raised to the hard one, so
+	// that the listeners' caps, not the limit, decide how many clients are served.
+	if n, err := httpserver.RaiseFileLimit(); err != nil {
+		log.Warn("open-file limit not raised", "limit", n, "err", err)
+	} else if n > 0 {
+		log.Info("open-file limit", "limit", n)
+	}
 	p := &set.Process
 	info := Ready{Role: role, DataDir: p.DataDir}
 	if usesDataDir(role, set) {
