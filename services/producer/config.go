@@ -3,6 +3,7 @@ package producer
 import (
 	"errors"
 	"net/url"
+	"os"
 	"slices"
 	"time"
 
@@ -37,6 +38,16 @@ type Ingest struct {
 	MaxBatch     int           `koanf:"max_batch" help:"most events in one request"`
 	Timeout      time.Duration `koanf:"timeout" help:"longest a request waits for the log to store its events before 503"`
 	Window       int           `koanf:"window" help:"asynchronous publishes awaiting acknowledgement (back-pressure point)"`
+
+	// Abuse limits (docs/architecture.md, "Security and abuse limits"). Zero takes the
+	// default.
+	MaxBodyMemory int           `koanf:"max_body_memory" help:"request bodies held in memory at once, across requests; a request waits body_wait for room, then 503"`
+	BodyWait      time.Duration `koanf:"body_wait" help:"longest a request waits for room in max_body_memory before 503"`
+	MaxConns      int           `koanf:"max_conns" help:"connections open at once on the ingest listener, more are closed at once (0: 10000, or a quarter of the open-file limit when lower)"`
+	MaxConnsPerIP int           `koanf:"max_conns_per_ip" help:"connections open at once from one client address (raise it behind a reverse proxy)"`
+	HeaderTimeout time.Duration `koanf:"header_timeout" help:"longest a request's line and headers may take to arrive (slow clients are cut)"`
+	BodyTimeout   time.Duration `koanf:"body_timeout" help:"longest a body may take on /api/v1/events; on /ingest/stalwart, longest a body may pause"`
+	IdleTimeout   time.Duration `koanf:"idle_timeout" help:"longest a keep-alive connection stays open between requests"`
 	// Bounds on createdAt (issue 9 #3): every distinct day makes history partitions.
 	// Zero takes the default; projection.go and producer.go apply and check them.
 	MaxFuture time.Duration `koanf:"max_future" help:"events dated further ahead of this server's clock are refused, each with its reason (0: 1h)"`
@@ -62,6 +73,13 @@ type Stalwart struct {
 	MetricsPassword  string        `koanf:"metrics_password" help:"Basic auth password for the metrics URL" secret:"true"`
 	MetricsInterval  time.Duration `koanf:"metrics_interval" help:"scrape interval"`
 	HistogramBuckets string        `koanf:"histogram_buckets" help:"how Stalwart writes histogram buckets: auto, per-bucket or cumulative"`
+
+	// Stalwart has no cap on a webhook batch, and puts a failed batch back in front of newer
+	// events: after an outage its batch is large, and stays so until accepted.
+	MaxBatch      int    `koanf:"max_batch" help:"most events in one Stalwart webhook batch (read as a stream, stored in chunks)"`
+	MaxBodyBytes  int64  `koanf:"max_body_bytes" help:"largest Stalwart webhook body"`
+	MaxConcurrent int    `koanf:"max_concurrent" help:"Stalwart webhook requests read at once (Stalwart sends one at a time per webhook); more wait ingest.body_wait, then 503"`
+	SpoolDir      string `koanf:"spool_dir" help:"where a signed webhook body is kept while its signature is checked (default: the system's temporary directory; use a disk, not a tmpfs, for large batches)"`
 }
 
 // DefaultConfig returns the defaults.
@@ -86,6 +104,22 @@ func (c *Config) setDefaults() {
 	if c.Ingest.Timeout == 0 {
 		c.Ingest.Timeout = 10 * time.Second
 	}
+	def(&c.Ingest.MaxBodyMemory, 256<<20)
+	def(&c.Ingest.MaxConnsPerIP, 256)
+	dur := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	dur(&c.Ingest.BodyWait, 5*time.Second)
+	dur(&c.Ingest.HeaderTimeout, 10*time.Second)
+	dur(&c.Ingest.BodyTimeout, 30*time.Second)
+	dur(&c.Ingest.IdleTimeout, 2*time.Minute)
+	def(&c.Stalwart.MaxBatch, 1_000_000)
+	if c.Stalwart.MaxBodyBytes == 0 {
+		c.Stalwart.MaxBodyBytes = 512 << 20
+	}
+	def(&c.Stalwart.MaxConcurrent, 4)
 	if c.Metrics.Interval == 0 {
 		c.Metrics.Interval = 10 * time.Second
 	}
@@ -133,6 +167,26 @@ func (c *Config) Validate() error {
 	if c.Ingest.Window < 1 || c.Ingest.Window > 1_000_000 {
 		add("ingest.window", "want 1 to 1000000")
 	}
+	if c.Ingest.MaxBodyMemory < c.Ingest.MaxBodyBytes || c.Ingest.MaxBodyMemory > 64<<30 {
+		add("ingest.max_body_memory", "want at least ingest.max_body_bytes (one body must fit), at most 64 GiB")
+	}
+	if c.Ingest.BodyWait < 0 || c.Ingest.BodyWait > time.Minute {
+		add("ingest.body_wait", "want at most 1m")
+	}
+	if c.Ingest.MaxConns < 0 || c.Ingest.MaxConns > 1_000_000 {
+		add("ingest.max_conns", "want 0 (automatic) to 1000000")
+	}
+	if c.Ingest.MaxConnsPerIP < 1 || c.Ingest.MaxConnsPerIP > 1_000_000 {
+		add("ingest.max_conns_per_ip", "want 1 to 1000000")
+	}
+	for _, t := range []struct {
+		key string
+		d   time.Duration
+	}{{"ingest.header_timeout", c.Ingest.HeaderTimeout}, {"ingest.body_timeout", c.Ingest.BodyTimeout}, {"ingest.idle_timeout", c.Ingest.IdleTimeout}} {
+		if t.d < 100*time.Millisecond || t.d > time.Hour {
+			add(t.key, "want 100ms to 1h")
+		}
+	}
 	if c.Metrics.Interval < time.Second {
 		add("metrics.interval", "at least 1s")
 	}
@@ -153,6 +207,20 @@ func (c *Config) Validate() error {
 	}
 	if err := event.ValidateSource(st.Source); err != nil {
 		add("stalwart.source", "%v", err)
+	}
+	if st.MaxBatch < 1 || st.MaxBatch > 100_000_000 {
+		add("stalwart.max_batch", "want 1 to 100000000")
+	}
+	if st.MaxBodyBytes < 1024 || st.MaxBodyBytes > 64<<30 {
+		add("stalwart.max_body_bytes", "want 1 KiB to 64 GiB")
+	}
+	if st.MaxConcurrent < 1 || st.MaxConcurrent > 1024 {
+		add("stalwart.max_concurrent", "want 1 to 1024")
+	}
+	if st.SpoolDir != "" {
+		if fi, err := os.Stat(st.SpoolDir); err != nil || !fi.IsDir() {
+			add("stalwart.spool_dir", "%q: not a directory", st.SpoolDir)
+		}
 	}
 	return errors.Join(errs...)
 }

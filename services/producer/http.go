@@ -2,9 +2,6 @@ package producer
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
 	"errors"
 	"net"
 	"os"
@@ -27,24 +24,43 @@ const maxListedErrors = 100
 type httpServer struct {
 	s   *Service
 	app *fiber.App
+	// stalwartSlots bounds the Stalwart webhook requests read at once
+	// (stalwart.max_concurrent): each may spool up to stalwart.max_body_bytes to disk.
+	stalwartSlots chan struct{}
+	// stopping is closed when the server starts to stop: long Stalwart batches end early.
+	stopping chan struct{}
 }
 
 func newHTTPServer(s *Service) *httpServer {
-	h := &httpServer{s: s}
+	in := s.cfg.Ingest
+	h := &httpServer{s: s, stalwartSlots: make(chan struct{}, s.cfg.Stalwart.MaxConcurrent), stopping: make(chan struct{})}
 	h.app = httpserver.New(httpserver.Config{
-		Name:         "mailpulse-producer",
-		BodyLimit:    s.cfg.Ingest.MaxBodyBytes,
-		WriteTimeout: 30 * time.Second,
-		Log:          s.log,
+		Name:          "mailpulse-producer",
+		BodyLimit:     in.MaxBodyBytes,
+		HeaderTimeout: in.HeaderTimeout,
+		ReadTimeout:   in.BodyTimeout,
+		WriteTimeout:  30 * time.Second,
+		IdleTimeout:   in.IdleTimeout,
+		BodyMemory:    int64(in.MaxBodyMemory),
+		BodyWait:      in.BodyWait,
+		Registry:      s.deps.Registry,
+		Log:           s.log,
 	})
 	httpserver.Health(h.app, s.deps.Keys, h.ready, s.deps.Registry)
+	// RequireKey reads the body only once the key is good (httpserver.ReadBody).
 	h.app.Post("/api/v1/events", httpserver.RequireKey(s.deps.Keys, apikey.Ingest), h.events)
-	h.app.Post("/ingest/stalwart", h.stalwart)
+	h.app.Post("/ingest/stalwart", h.stalwart) // authenticates itself, then streams (http_stream.go)
 	return h
 }
 
+// serve serves on ln under the ingest connection caps until ctx ends. Run calls it once.
 func (h *httpServer) serve(ctx context.Context, ln net.Listener) error {
-	return httpserver.Serve(ctx, h.app, ln, h.s.cfg.Grace, nil)
+	in := h.s.cfg.Ingest
+	l := httpserver.NewListener(ln, httpserver.ListenerConfig{
+		Name: "producer", MaxConns: in.MaxConns, MaxConnsPerIP: in.MaxConnsPerIP,
+		Registry: h.s.deps.Registry, Log: h.s.log,
+	})
+	return httpserver.Serve(ctx, h.app, l, h.s.cfg.Grace, func() { close(h.stopping) })
 }
 
 func (h *httpServer) ready() error {
@@ -59,54 +75,92 @@ func (h *httpServer) events(c *fiber.Ctx) error {
 	return h.accept(c, "events", event.SplitBatch, h.s.defaults.Parse, byID)
 }
 
-// stalwart is POST /ingest/stalwart: Stalwart's webhook payload.
-func (h *httpServer) stalwart(c *fiber.Ctx) error {
-	if secret := h.s.cfg.Stalwart.Secret; secret != "" {
-		if !validSignature(secret, c.Body(), c.Get("X-Signature")) {
-			c.Set(fiber.HeaderWWWAuthenticate, `Signature header="X-Signature"`)
-			return c.Status(fiber.StatusUnauthorized).JSON(fiber.Map{"error": "missing or invalid X-Signature"})
-		}
-	} else if _, err := h.s.deps.Keys.Check(httpserver.Credential(c), apikey.Ingest); err != nil {
-		status := fiber.StatusUnauthorized
-		if errors.Is(err, apikey.ErrForbidden) {
-			status = fiber.StatusForbidden
-		}
-		return httpserver.Error(c, status, err.Error())
-	}
-	d := h.s.defaults
-	d.Source = h.s.cfg.Stalwart.Source
-	if src := c.Query("source"); src != "" {
-		if err := event.ValidateSource(src); err != nil {
-			return c.Status(fiber.StatusBadRequest).JSON(fiber.Map{"error": "source parameter: " + err.Error()})
-		}
-		// Fiber's strings point into the request's buffer, which fasthttp reuses for the
-		// next request: a source kept by the events and the metrics projection must be a
-		// copy, or a later request rewrites it.
-		d.Source = strings.Clone(src)
-	}
-	return h.accept(c, "stalwart", event.SplitStalwart, d.ParseStalwart, byContent)
-}
-
-// validSignature checks Stalwart's X-Signature: base64(HMAC-SHA256(secret, body)), in
-// constant time.
-func validSignature(secret string, body []byte, header string) bool {
-	got, err := base64.StdEncoding.DecodeString(strings.TrimSpace(header))
-	if err != nil || len(got) != sha256.Size {
-		return false
-	}
-	mac := hmac.New(sha256.New, []byte(secret))
-	mac.Write(body)
-	return hmac.Equal(got, mac.Sum(nil))
-}
-
 type eventError struct {
 	Index int    `json:"index"`
 	ID    string `json:"id,omitempty"`
 	Error string `json:"error"`
 }
 
-// accept splits, validates and stores a batch, answering 202 only once JetStream has stored
-// every accepted event.
+// tally is what became of a batch's events, for the answer and the metrics.
+type tally struct {
+	received, rejected int
+	stored, dups       int // stored counts duplicates too: every event the log has
+	failed             int
+	firstErr           error
+	listed             []eventError
+}
+
+// reject counts event i as invalid, listing the first maxListedErrors.
+func (t *tally) reject(i int, err error) {
+	t.rejected++
+	if len(t.listed) < maxListedErrors {
+		t.listed = append(t.listed, eventError{Index: i, Error: strings.ReplaceAll(err.Error(), "\n", "; ")})
+	}
+}
+
+// store publishes evs and waits for each to be stored or to fail. It reports whether all
+// were stored.
+func (h *httpServer) store(t *tally, evs []event.Event, key keyFunc) bool {
+	if len(evs) == 0 {
+		return true
+	}
+	// Not the request's context: a request being stopped still waits for what it sent.
+	ctx, cancel := context.WithTimeout(context.Background(), h.s.cfg.Ingest.Timeout)
+	defer cancel()
+	errs := make([]error, len(evs))
+	t.dups += h.s.ingest(ctx, evs, errs, key)
+	for _, err := range errs {
+		if err == nil {
+			t.stored++
+			continue
+		}
+		t.failed++
+		if t.firstErr == nil {
+			t.firstErr = err
+		}
+	}
+	return t.failed == 0
+}
+
+// record adds the tally to the metrics of endpoint.
+func (h *httpServer) record(endpoint string, t *tally) {
+	m := h.s.metrics
+	m.received.WithLabelValues(endpoint).Add(float64(t.received))
+	m.rejected.WithLabelValues(endpoint).Add(float64(t.rejected))
+	m.stored.WithLabelValues(endpoint).Add(float64(t.stored - t.dups))
+	m.duplicates.WithLabelValues(endpoint).Add(float64(t.dups))
+	m.unavailable.WithLabelValues(endpoint).Add(float64(t.failed))
+}
+
+// unstored answers a batch some of whose events the log did not store: 503 (or 500 for an
+// error that is not the log being away or full) with what was stored.
+func unstored(c *fiber.Ctx, t *tally) error {
+	status := fiber.StatusServiceUnavailable
+	if !errors.Is(t.firstErr, bus.ErrUnavailable) && !errors.Is(t.firstErr, bus.ErrSaturated) {
+		status = fiber.StatusInternalServerError
+	}
+	c.Set(fiber.HeaderRetryAfter, "1")
+	// Sending the whole batch again is safe: events already stored are recognised and
+	// stored once.
+	return c.Status(status).JSON(fiber.Map{"error": t.firstErr.Error(), "stored": t.stored - t.dups, "duplicates": t.dups, "notStored": t.failed, "rejected": t.rejected, "errors": t.errors()})
+}
+
+func (t *tally) errors() []eventError {
+	if t.listed == nil {
+		return []eventError{}
+	}
+	return t.listed
+}
+
+// accepted answers 202: every valid event of the request is in the log once. accepted
+// counts the events stored now; duplicates, those the log already had (a batch sent
+// again).
+func accepted(c *fiber.Ctx, t *tally) error {
+	return c.Status(fiber.StatusAccepted).JSON(fiber.Map{"accepted": t.stored - t.dups, "duplicates": t.dups, "rejected": t.rejected, "errors": t.errors()})
+}
+
+// accept splits, validates and stores a batch held in memory, answering 202 only once
+// JetStream has stored every accepted event.
 func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, int) ([][]byte, error), parse func([]byte) (event.Event, error), key keyFunc) (err error) {
 	start := time.Now()
 	defer func() {
@@ -120,58 +174,24 @@ func (h *httpServer) accept(c *fiber.Ctx, endpoint string, split func([]byte, in
 		}
 		return c.Status(status).JSON(fiber.Map{"error": err.Error()})
 	}
-	m := h.s.metrics
-	m.received.WithLabelValues(endpoint).Add(float64(len(raw)))
+	t := &tally{received: len(raw)}
+	defer h.record(endpoint, t)
 	evs := make([]event.Event, 0, len(raw))
-	rejected := []eventError{}
-	rejectedCount := 0
 	for i, r := range raw {
 		e, err := parse(r)
 		if err != nil {
-			rejectedCount++
-			if len(rejected) < maxListedErrors {
-				rejected = append(rejected, eventError{Index: i, Error: strings.ReplaceAll(err.Error(), "\n", "; ")})
-			}
+			t.reject(i, err)
 			continue
 		}
 		evs = append(evs, e)
 	}
-	m.rejected.WithLabelValues(endpoint).Add(float64(rejectedCount))
 	if len(evs) == 0 {
-		return c.Status(fiber.StatusBadRequest).JSON(fiber.Map{"error": "no valid event in the batch", "accepted": 0, "rejected": rejectedCount, "errors": rejected})
+		return c.Status(fiber.StatusBadRequest).JSON(fiber.Map{"error": "no valid event in the batch", "accepted": 0, "rejected": t.rejected, "errors": t.errors()})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), h.s.cfg.Ingest.Timeout)
-	defer cancel()
-	errs := make([]error, len(evs))
-	dups := h.s.ingest(ctx, evs, errs, key)
-	stored, failed := 0, 0
-	var firstErr error
-	for _, err := range errs {
-		if err == nil {
-			stored++
-		} else {
-			failed++
-			if firstErr == nil {
-				firstErr = err
-			}
-		}
+	if !h.store(t, evs, key) {
+		return unstored(c, t)
 	}
-	m.stored.WithLabelValues(endpoint).Add(float64(stored - dups))
-	m.duplicates.WithLabelValues(endpoint).Add(float64(dups))
-	if failed > 0 {
-		m.unavailable.WithLabelValues(endpoint).Add(float64(failed))
-		status := fiber.StatusServiceUnavailable
-		if !errors.Is(firstErr, bus.ErrUnavailable) && !errors.Is(firstErr, bus.ErrSaturated) {
-			status = fiber.StatusInternalServerError
-		}
-		c.Set(fiber.HeaderRetryAfter, "1")
-		// Sending the whole batch again is safe for events with an id: those already
-		// stored are recognised and stored once.
-		return c.Status(status).JSON(fiber.Map{"error": firstErr.Error(), "stored": stored - dups, "duplicates": dups, "notStored": failed, "rejected": rejectedCount, "errors": rejected})
-	}
-	// accepted counts the events stored now; duplicates, those the log already had (a batch
-	// sent again): together, every valid event of the request is in the log once.
-	return c.Status(fiber.StatusAccepted).JSON(fiber.Map{"accepted": stored - dups, "duplicates": dups, "rejected": rejectedCount, "errors": rejected})
+	return accepted(c, t)
 }
 
 func defaultInstance() string {
