@@ -143,8 +143,9 @@ func TestAllModeRunsAndKeepsItsLogAcrossRestarts(t *testing.T) {
 		code, body := stalwart("/api/telemetry/traces?queue_id=e2e-q1")
 		return code == 200 && body == `{"data":{"items":["e2e-span"],"total":1}}`
 	})
+	// The 0.15 route names the queueing as 0.15 did (queue.queue-message).
 	if code, body := stalwart("/api/telemetry/traces?filter=zoe@example.org&type=smtp.connection-start&values=1"); code != 200 ||
-		!strings.Contains(body, `"type":"queue.message-queued"`) || !strings.Contains(body, `"text":"Message queued for delivery"`) || !strings.Contains(body, `"total":1`) {
+		!strings.Contains(body, `"type":"queue.queue-message"`) || !strings.Contains(body, `"text":"Message queued for delivery"`) || !strings.Contains(body, `"total":1`) {
 		t.Errorf("traces with values: %d %s", code, body)
 	}
 	if code, body := stalwart("/api/telemetry/trace/e2e-span"); code != 200 || strings.Count(body, `"type":`) != 3 {
