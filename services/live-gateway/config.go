@@ -17,6 +17,8 @@ type Config struct {
 	QueueSize        int           `koanf:"queue_size" help:"events waiting for one slow stream before it loses some"`
 	MaxStreams       int           `koanf:"max_streams" help:"open streams in total (429 past it)"`
 	MaxStreamsPerKey int           `koanf:"max_streams_per_key" help:"open streams per API key (429 past it)"`
+	MaxConns         int           `koanf:"max_conns" help:"open connections in all (0: 10000, or a quarter of the open-file limit if lower); past it a connection gets 503 and is closed"`
+	MaxConnsPerIP    int           `koanf:"max_conns_per_ip" help:"open connections from one client address (0: 256); raise it behind a reverse proxy"`
 	CORSOrigins      []string      `koanf:"cors_origins" help:"comma-separated browser origins allowed to call the API (empty: none)"`
 	// MetricsOrigin: which of a source's metrics the live metric routes and the metric
 	// history show when it is both scraped and sending events; never their sum.
@@ -87,6 +89,12 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxStreams < 1 {
 		add("max_streams", "at least 1")
+	}
+	if c.MaxConns < 0 {
+		add("max_conns", "at least 0 (0: automatic)")
+	}
+	if c.MaxConnsPerIP < 0 {
+		add("max_conns_per_ip", "at least 0 (0: 256)")
 	}
 	if c.MaxStreamsPerKey < 1 {
 		add("max_streams_per_key", "at least 1")

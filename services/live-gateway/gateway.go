@@ -100,7 +100,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		tokens:  &tokens{secret: secret, now: time.Now},
 		hub:     newHub(js, deps.Log),
 		snaps:   newSnapshots(js, deps.Log),
-		ln:      ln,
+		// Under the connection caps, with their metrics (accept errors are retried there).
+		ln: httpserver.NewListener(ln, httpserver.ListenerConfig{
+			Name: "gateway", MaxConns: cfg.MaxConns, MaxConnsPerIP: cfg.MaxConnsPerIP,
+			Registry: deps.Registry, Log: deps.Log,
+		}),
 		closing: make(chan struct{}),
 		openBy:  map[string]int{},
 	}

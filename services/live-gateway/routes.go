@@ -16,7 +16,7 @@ import (
 // token in ?token= (tokens.go).
 func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
 	// No write timeout: streams write for as long as their client stays.
-	app := httpserver.New(httpserver.Config{Name: "mailpulse-gateway", BodyLimit: 1 << 20, Log: s.log})
+	app := httpserver.New(httpserver.Config{Name: "mailpulse-gateway", BodyLimit: 1 << 20, Registry: reg, Log: s.log})
 	if len(s.cfg.CORSOrigins) > 0 {
 		app.Use(cors.New(cors.Config{AllowOrigins: strings.Join(s.cfg.CORSOrigins, ","), AllowHeaders: "Authorization, Content-Type, Last-Event-ID"}))
 	}
