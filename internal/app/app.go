@@ -11,6 +11,8 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -92,6 +94,14 @@ func Run(ctx context.Context, role string, set *Settings, log *slog.Logger, read
 			}
 		}
 		info.Simulate = cfg.Simulate
+		if cfg.Stalwart.SpoolDir == "" && usesDataDir(role, set) {
+			// Signed batches wait on disk while their signature is checked: in the data
+			// dir, a disk, rather than a temporary directory that may be a tmpfs.
+			cfg.Stalwart.SpoolDir = filepath.Join(p.DataDir, "spool")
+			if err := os.MkdirAll(cfg.Stalwart.SpoolDir, 0o700); err != nil {
+				return fmt.Errorf("producer: spool dir: %w", err)
+			}
+		}
 		prod, err := producer.New(cfg, producer.Deps{Conn: nc, Publisher: pub, Keys: keys, Log: log.With("service", "producer"), Registry: reg})
 		if err != nil {
 			return err

@@ -79,7 +79,7 @@ type Stalwart struct {
 	MaxBatch      int    `koanf:"max_batch" help:"most events in one Stalwart webhook batch (read as a stream, stored in chunks)"`
 	MaxBodyBytes  int64  `koanf:"max_body_bytes" help:"largest Stalwart webhook body"`
 	MaxConcurrent int    `koanf:"max_concurrent" help:"Stalwart webhook requests read at once (Stalwart sends one at a time per webhook); more wait ingest.body_wait, then 503"`
-	SpoolDir      string `koanf:"spool_dir" help:"where a signed webhook body is kept while its signature is checked (default: the system's temporary directory; use a disk, not a tmpfs, for large batches)"`
+	SpoolDir      string `koanf:"spool_dir" help:"where a signed webhook body is kept while its signature is checked (default: <data_dir>/spool when the role has a data dir, else the system's temporary directory; use a disk, not a tmpfs, for large batches)"`
 }
 
 // DefaultConfig returns the defaults.
