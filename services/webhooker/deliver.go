@@ -1,0 +1,456 @@
+package webhooker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/tidwall/gjson"
+	"golang.org/x/time/rate"
+
+	"github.com/mailpulse/mailpulse/shared/bus"
+	"github.com/mailpulse/mailpulse/shared/event"
+	"github.com/mailpulse/mailpulse/shared/ssrf"
+)
+
+// How a worker reads the log.
+const (
+	// idleFetch is how long one pull waits for an endpoint's next event when there is
+	// none: long enough to cost little on a quiet log (one request per endpoint every 2 s),
+	// short enough to bound a stop, which waits for the pull under way.
+	idleFetch = 2 * time.Second
+	// minBatchWait is the shortest gathering wait a pull request can express.
+	minBatchWait = 5 * time.Millisecond
+	// snippetBytes of a response body are kept for the delivery record and dead letters.
+	snippetBytes = 1024
+	// drainBytes of a response body are read so the connection can be reused.
+	drainBytes = 64 << 10
+	// maxRecordedIDs bounds the event ids named in one delivery record.
+	maxRecordedIDs = 100
+)
+
+// errStopped ends a worker for good: its endpoint was disabled.
+var errStopped = errors.New("endpoint disabled")
+
+// ConsumerName is the durable consumer of an endpoint, shared by every replica.
+func ConsumerName(id string) string { return "webhook-" + id }
+
+// worker delivers to one endpoint, one batch at a time, in the order of the log. It owns
+// its HTTP client (connections are never shared between endpoints, so a slow one holds
+// only its own) and at most one batch in memory.
+type worker struct {
+	s       *Service
+	p       *plan
+	durable string
+	client  *http.Client
+	limiter *rate.Limiter
+	signer  signer
+	log     *slog.Logger
+}
+
+func (s *Service) newWorker(p *plan) *worker {
+	w := &worker{s: s, p: p, durable: ConsumerName(p.ID), client: s.guard.Client(),
+		signer: newSigner(p.Format, p.Secrets), log: s.log.With("endpoint", p.ID)}
+	if p.RateLimit.PerSecond > 0 {
+		w.limiter = rate.NewLimiter(rate.Limit(p.RateLimit.PerSecond), max(p.RateLimit.Burst, 1))
+	}
+	return w
+}
+
+// run delivers until ctx ends or the endpoint is disabled, recreating its consumer after
+// NATS failures.
+func (w *worker) run(ctx context.Context) {
+	defer w.client.CloseIdleConnections()
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval, bo.MaxInterval = 200*time.Millisecond, 10*time.Second
+	for ctx.Err() == nil {
+		cons, err := bus.EnsureConsumer(ctx, w.s.js, bus.StreamEvents, w.consumerConfig())
+		if err == nil {
+			err = w.loop(ctx, cons)
+			if errors.Is(err, errStopped) {
+				return
+			}
+			bo.Reset()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		wait := bo.NextBackOff()
+		w.log.Warn("webhook consumer stopped; restarting", "err", err, "retry_in", wait)
+		sleep(ctx, wait)
+	}
+}
+
+// consumerConfig is the endpoint's durable consumer. MaxAckPending is the batch size: a
+// batch waiting for its retry holds every slot, so no replica can deliver later events of
+// the endpoint before it (order), and the server never lets an endpoint hold more than a
+// batch of unacknowledged events (memory). The ack wait covers gathering a batch and the
+// request; it only matters when a webhooker dies mid-batch.
+func (w *worker) consumerConfig() jetstream.ConsumerConfig {
+	c := jetstream.ConsumerConfig{
+		Durable:        w.durable,
+		Description:    "webhook endpoint " + w.p.ID,
+		FilterSubjects: w.p.subjects,
+		AckPolicy:      jetstream.AckExplicitPolicy,
+		AckWait:        w.p.maxWait + w.p.Timeout.D() + 5*time.Second,
+		MaxAckPending:  w.p.Batch.MaxEvents,
+		MaxDeliver:     -1, // the retry policy decides when to give up, not the server
+		DeliverPolicy:  jetstream.DeliverNewPolicy,
+	}
+	switch {
+	case w.p.Start == "beginning":
+		c.DeliverPolicy = jetstream.DeliverAllPolicy
+	case !w.p.start.IsZero():
+		c.DeliverPolicy, c.OptStartTime = jetstream.DeliverByStartTimePolicy, &w.p.start
+	}
+	return c
+}
+
+func (w *worker) loop(ctx context.Context, cons jetstream.Consumer) error {
+	for ctx.Err() == nil {
+		// The rate limit is waited for before fetching, so that fetched events never
+		// wait on it (their ack wait runs from the fetch).
+		if w.limiter != nil && w.limiter.Wait(ctx) != nil {
+			return nil
+		}
+		msgs, ferr := w.fetch(cons)
+		if len(msgs) > 0 && ctx.Err() != nil {
+			w.nakAll(msgs2items(msgs), 0) // stopping: hand them back at once
+			return nil
+		}
+		if len(msgs) > 0 {
+			wait, err := w.deliver(ctx, msgs)
+			if err != nil {
+				return err
+			}
+			// After a failure nothing is fetched until the batch's next attempt is due:
+			// the next fetch then gets it back first, before any later event.
+			if wait > 0 && !sleep(ctx, wait) {
+				return nil
+			}
+		}
+		if ferr != nil {
+			return ferr
+		}
+	}
+	return nil
+}
+
+// fetch gathers a batch: it waits (idleFetch at a time) for the endpoint's next event,
+// then for at most the endpoint's batch wait for more, up to its batch size and the
+// request size limit.
+//
+// A pull is never abandoned: it ends when the server says so (batch complete, or expired).
+// Cancelling one client-side would leave the request waiting in the server, which would
+// hand the next events to a reader that is gone, and they would come back only after the
+// ack wait, out of order. A stop therefore waits for the pull under way (idleFetch at
+// most) and hands back what it brought.
+func (w *worker) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
+	first, err := collect(cons.Fetch(1, jetstream.FetchMaxWait(idleFetch)))
+	if err != nil || len(first) == 0 || w.p.Batch.MaxEvents == 1 || w.p.maxWait == 0 {
+		return first, err
+	}
+	budget := w.s.cfg.MaxRequestBytes - len(first[0].Data()) - 4096
+	if budget <= 0 {
+		return first, nil
+	}
+	rest, err := collect(cons.Fetch(w.p.Batch.MaxEvents-1, jetstream.FetchMaxWait(max(w.p.maxWait, minBatchWait)), jetstream.FetchMaxBytes(budget)))
+	return append(first, rest...), err
+}
+
+// collect reads a pull's messages; running out of time or of messages is not an error.
+func collect(mb jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
+	if err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	var msgs []jetstream.Msg
+	for m := range mb.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) &&
+		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		return msgs, fmt.Errorf("fetch: %w", err)
+	}
+	return msgs, nil
+}
+
+// item is one event of a batch being delivered.
+type item struct {
+	m         jetstream.Msg
+	seq       uint64
+	delivered uint64
+	outcome   bool // one of the webhooker's own delivery records
+}
+
+// deliver sends a batch and settles every message of it. It returns how long to wait
+// before fetching again (the batch's retry delay), or errStopped when the endpoint was
+// disabled.
+func (w *worker) deliver(ctx context.Context, msgs []jetstream.Msg) (time.Duration, error) {
+	items := make([]item, 0, len(msgs))
+	raws := make([][]byte, 0, len(msgs))
+	for _, m := range msgs {
+		meta, err := m.Metadata()
+		if err != nil {
+			w.deadLetter(ctx, []item{{m: m}}, fmt.Errorf("message metadata: %w", err))
+			continue
+		}
+		it := item{m: m, seq: meta.Sequence.Stream, delivered: meta.NumDelivered}
+		keep, outcome, err := w.match(m.Subject(), m.Data())
+		switch {
+		case err != nil:
+			w.deadLetter(ctx, []item{it}, err)
+		case !keep:
+			_ = m.Ack() // not for this endpoint: nothing to do, nothing lost if the ack is
+		default:
+			it.outcome = outcome
+			items = append(items, it)
+			raws = append(raws, m.Data())
+		}
+	}
+	if len(items) == 0 {
+		return 0, nil
+	}
+	seqs := make([]uint64, len(items))
+	attempt := 1
+	recorded := false // a batch of nothing but delivery records is not recorded (no loops)
+	for i, it := range items {
+		seqs[i] = it.seq
+		attempt = max(attempt, int(it.delivered))
+		recorded = recorded || !it.outcome
+	}
+	body := appendBody(make([]byte, 0, 256+totalLen(raws)), w.p.Format, raws)
+	res := w.post(ctx, messageID(w.p.ID, seqs), body)
+	rec := record{attempt: attempt, events: len(items), res: res, ids: eventIDs(raws)}
+
+	status := res.status
+	switch {
+	case status >= 200 && status < 300:
+		for _, it := range items {
+			if err := it.m.Ack(); err != nil {
+				w.log.Debug("ack failed; the event will be delivered again", "seq", it.seq, "err", err)
+			}
+		}
+		w.s.m.delivered.WithLabelValues(w.p.ID).Add(float64(len(items)))
+		if recorded {
+			w.s.record(ctx, w.p, outcomeDelivered, rec)
+		}
+		return 0, nil
+	}
+	w.s.m.failed.WithLabelValues(w.p.ID).Inc()
+	switch {
+	case status == http.StatusGone:
+		// The receiver says the endpoint is gone for good: stop, and keep the events in
+		// the log for when someone resumes it.
+		w.nakAll(items, 0)
+		reason := "the endpoint answered 410 Gone"
+		if _, err := w.s.endpoints.Disable(context.WithoutCancel(ctx), w.p.ID, reason); err != nil {
+			w.log.Error("could not disable the endpoint after 410 Gone", "err", err)
+		}
+		w.log.Warn("webhook endpoint disabled", "reason", reason)
+		rec.reason = reason
+		w.s.record(ctx, w.p, outcomeDisabled, rec)
+		return 0, errStopped
+	case ssrf.IsBlocked(res.err):
+		rec.reason = "permanent failure: " + res.describe()
+		w.deadLetter(ctx, items, bus.Permanent(res.err))
+	case status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooEarly && status != http.StatusTooManyRequests:
+		rec.reason = "permanent failure: " + res.describe()
+		w.deadLetter(ctx, items, bus.Permanent(errors.New(res.describe())))
+	case res.err != nil && ctx.Err() != nil:
+		// Stopping: hand the batch back now, not after its delay, so that another replica
+		// or the next start takes it at once. The attempt did not count.
+		w.nakAll(items, 0)
+		return 0, nil
+	default:
+		next := jitter(w.p.Retry.nominal(attempt))
+		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
+			if d, ok := retryAfter(res.header, time.Now()); ok {
+				next = d
+			}
+		}
+		if w.p.Retry.giveUp(attempt, next) {
+			rec.reason = fmt.Sprintf("gave up after %d attempts: %s", attempt, res.describe())
+			w.deadLetter(ctx, items, fmt.Errorf("gave up after %d attempts: %s", attempt, res.describe()))
+			break
+		}
+		w.nakAll(items, next)
+		w.s.m.retried.WithLabelValues(w.p.ID).Add(float64(len(items)))
+		rec.reason, rec.next = res.describe(), next
+		if recorded {
+			w.s.record(ctx, w.p, outcomeError, rec)
+		}
+		return next, nil
+	}
+	if recorded {
+		w.s.record(ctx, w.p, outcomeError, rec)
+	}
+	return 0, nil
+}
+
+// match decides whether an event of the log goes to the endpoint: its type (the subject
+// filter may select more than the patterns), level and source; never a delivery record
+// about this endpoint itself. An event that is not JSON cannot be sent to anyone.
+func (w *worker) match(subject string, raw []byte) (keep, outcome bool, err error) {
+	typ := strings.TrimPrefix(subject, bus.EventsPrefix)
+	if !w.p.types.Match(typ) {
+		return false, false, nil
+	}
+	if !gjson.ValidBytes(raw) || len(raw) == 0 || raw[0] != '{' {
+		return false, false, bus.Permanent(errors.New("event is not a JSON object"))
+	}
+	r := gjson.GetManyBytes(raw, "level", "source", "data.endpoint")
+	if l, err := event.ParseLevel(r[0].Str); err == nil && l < w.p.level {
+		return false, false, nil
+	}
+	if w.p.sources != nil && !w.p.sources[r[1].Str] {
+		return false, false, nil
+	}
+	outcome = isOutcome(typ) && r[2].Exists()
+	if outcome && r[2].Str == w.p.ID {
+		return false, true, nil
+	}
+	return true, outcome, nil
+}
+
+// result is what one request came to.
+type result struct {
+	status  int // 0 when no response came
+	header  http.Header
+	snippet string // the first KiB of the response body
+	err     error  // the transport error, when no response came
+	elapsed time.Duration
+}
+
+func (r result) describe() string {
+	if r.err != nil {
+		return r.err.Error()
+	}
+	s := fmt.Sprintf("HTTP %d %s", r.status, http.StatusText(r.status))
+	if r.snippet != "" {
+		s += ": " + r.snippet
+	}
+	return s
+}
+
+// post sends one request. Its time is bounded by the endpoint's timeout; a stop does not
+// cut it short at once, only after the grace period, so a batch the receiver is processing
+// can still be acknowledged.
+func (w *worker) post(ctx context.Context, msgID string, body []byte) result {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.p.Timeout.D())
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(w.s.cfg.Grace, cancel)
+		<-rctx.Done()
+		t.Stop()
+	})
+	defer stop()
+	req, err := http.NewRequestWithContext(rctx, http.MethodPost, w.p.URL, bytes.NewReader(body))
+	if err != nil {
+		return result{err: bus.Permanent(err)}
+	}
+	h := req.Header
+	for k, v := range w.p.Headers {
+		h.Set(k, v)
+	}
+	h.Set("Content-Type", "application/json")
+	h.Set("User-Agent", "mailpulse-webhooker")
+	if a := w.p.Auth; a != nil {
+		if strings.EqualFold(a.Type, "bearer") {
+			h.Set("Authorization", "Bearer "+a.Token)
+		} else {
+			req.SetBasicAuth(a.Username, a.Password)
+		}
+	}
+	w.signer.sign(h, msgID, time.Now(), body)
+	start := time.Now()
+	resp, err := w.client.Do(req)
+	res := result{elapsed: time.Since(start)}
+	w.s.m.latency.WithLabelValues(w.p.ID).Observe(res.elapsed.Seconds())
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer resp.Body.Close()
+	res.status, res.header = resp.StatusCode, resp.Header
+	buf := make([]byte, snippetBytes)
+	n, _ := io.ReadFull(resp.Body, buf)
+	res.snippet = strings.ToValidUTF8(string(buf[:n]), string(utf8.RuneError))
+	_, _ = io.CopyN(io.Discard, resp.Body, drainBytes)
+	return res
+}
+
+func (w *worker) nakAll(items []item, delay time.Duration) {
+	for _, it := range items {
+		var err error
+		if delay > 0 {
+			err = it.m.NakWithDelay(delay)
+		} else {
+			err = it.m.Nak()
+		}
+		if err != nil {
+			w.log.Debug("nak failed; the event comes back after the ack wait", "seq", it.seq, "err", err)
+		}
+	}
+}
+
+// deadLetter keeps the items in DLQ_WEBHOOKER (subject dlq.webhooker.webhook-<id>) with
+// the reason, and acknowledges them. One the dead-letter stream refuses is handed back to
+// be tried again later rather than lost.
+func (w *worker) deadLetter(ctx context.Context, items []item, reason error) {
+	dctx := context.WithoutCancel(ctx)
+	for _, it := range items {
+		if err := bus.DeadLetter(dctx, w.s.js, "webhooker", w.durable, it.m.Subject(), it.seq, it.m.Data(), reason); err != nil {
+			w.log.Warn("dead letter not stored; the event will be tried again", "seq", it.seq, "err", err)
+			_ = it.m.NakWithDelay(w.p.Retry.Initial.D())
+			continue
+		}
+		w.s.m.dead.WithLabelValues(w.p.ID).Inc()
+		_ = it.m.Ack()
+	}
+	w.log.Warn("events sent to the dead letters", "events", len(items), "reason", reason)
+}
+
+func msgs2items(msgs []jetstream.Msg) []item {
+	items := make([]item, len(msgs))
+	for i, m := range msgs {
+		items[i].m = m
+	}
+	return items
+}
+
+func totalLen(raws [][]byte) int {
+	n := 0
+	for _, r := range raws {
+		n += len(r) + 1
+	}
+	return n
+}
+
+func eventIDs(raws [][]byte) []string {
+	ids := make([]string, 0, min(len(raws), maxRecordedIDs))
+	for _, r := range raws[:min(len(raws), maxRecordedIDs)] {
+		ids = append(ids, gjson.GetBytes(r, "id").String())
+	}
+	return ids
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
