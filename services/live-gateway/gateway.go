@@ -97,9 +97,9 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 	}
 	s := &Service{
 		cfg: cfg, log: deps.Log, nc: deps.Conn, js: js, keys: deps.Keys,
-		tokens:  &tokens{secret: secret, now: time.Now},
-		hub:     newHub(js, deps.Log),
-		snaps:   newSnapshots(js, deps.Log),
+		tokens: &tokens{secret: secret, now: time.Now},
+		hub:    newHub(js, deps.Log),
+		snaps:  newSnapshots(js, deps.Log),
 		// Under the connection caps, with their metrics (accept errors are retried there).
 		ln: httpserver.NewListener(ln, httpserver.ListenerConfig{
 			Name: "gateway", MaxConns: cfg.MaxConns, MaxConnsPerIP: cfg.MaxConnsPerIP,
