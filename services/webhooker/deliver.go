@@ -105,13 +105,19 @@ func (w *worker) consumerConfig() jetstream.ConsumerConfig {
 		AckWait:        w.p.maxWait + w.p.Timeout.D() + 5*time.Second,
 		MaxAckPending:  w.p.Batch.MaxEvents,
 		MaxDeliver:     -1, // the retry policy decides when to give up, not the server
-		DeliverPolicy:  jetstream.DeliverNewPolicy,
 	}
+	// "now" is the endpoint's creation, not the moment a worker first gets to it: the
+	// events between the 201 and the consumer's creation (or all those since, for an
+	// endpoint created paused) are its too.
+	start := w.p.CreatedAt
 	switch {
 	case w.p.Start == "beginning":
 		c.DeliverPolicy = jetstream.DeliverAllPolicy
 	case !w.p.start.IsZero():
-		c.DeliverPolicy, c.OptStartTime = jetstream.DeliverByStartTimePolicy, &w.p.start
+		start = w.p.start
+		fallthrough
+	default:
+		c.DeliverPolicy, c.OptStartTime = jetstream.DeliverByStartTimePolicy, &start
 	}
 	return c
 }

@@ -38,6 +38,9 @@ type Endpoints struct {
 
 	mu   sync.RWMutex
 	byID map[string]stored
+	// gone holds the last revision seen of each deleted endpoint, so that the watcher's
+	// late echo of an older write does not bring it back for a moment.
+	gone map[string]uint64
 	subs map[chan struct{}]bool // told (without blocking) of every change
 }
 
@@ -62,7 +65,7 @@ func OpenEndpoints(ctx context.Context, js jetstream.JetStream, cfg Config, log 
 		return nil, fmt.Errorf("webhooks bucket: %w", err)
 	}
 	s := &Endpoints{kv: kv, guard: cfg.guard(nil), max: cfg.MaxEndpoints, log: log, now: time.Now,
-		byID: map[string]stored{}, subs: map[chan struct{}]bool{}}
+		byID: map[string]stored{}, gone: map[string]uint64{}, subs: map[chan struct{}]bool{}}
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("watch webhooks: %w", err)
@@ -111,7 +114,13 @@ func (s *Endpoints) apply(id string, op jetstream.KeyValueOp, value []byte, rev 
 	if cur, ok := s.byID[id]; ok && cur.rev >= rev {
 		return
 	}
+	if last, ok := s.gone[id]; ok && last >= rev {
+		return
+	}
 	if op != jetstream.KeyValuePut {
+		if cur, ok := s.byID[id]; ok {
+			s.gone[id] = max(rev, cur.rev)
+		}
 		delete(s.byID, id)
 	} else {
 		var ep Endpoint
@@ -274,7 +283,10 @@ func (s *Endpoints) Disable(ctx context.Context, id, reason string) (Endpoint, e
 // Delete removes an endpoint. Its consumer is deleted by the webhookers when they see it
 // go (webhooker.go); the events stay in the log for others.
 func (s *Endpoints) Delete(ctx context.Context, id string) error {
-	if _, ok := s.Get(id); !ok {
+	s.mu.RLock()
+	cur, ok := s.byID[id]
+	s.mu.RUnlock()
+	if !ok {
 		return ErrNotFound
 	}
 	if err := s.kv.Delete(ctx, id); err != nil {
@@ -283,6 +295,9 @@ func (s *Endpoints) Delete(ctx context.Context, id string) error {
 		}
 		return fmt.Errorf("delete webhook endpoint %s: %w", id, err)
 	}
+	// Applied at once, so this replica's next read does not find it; the delete's own
+	// revision is later than any write seen so far.
+	s.apply(id, jetstream.KeyValueDelete, nil, cur.rev+1)
 	return nil
 }
 
