@@ -12,6 +12,7 @@ import (
 // take the defaults of DefaultConfig. Endpoints themselves live in the WEBHOOKS bucket and
 // are managed through the API.
 type Config struct {
+	Addr string `koanf:"addr" help:"listen address of the webhooker's health and metrics when it runs alone (in all mode the gateway serves them, and the webhook API)"`
 	// AllowNetworks opens ranges that are refused by default (loopback, private,
 	// link-local, metadata…): a compose network, a receiver on the same host.
 	AllowNetworks ssrf.Networks `koanf:"allow_networks" help:"comma-separated networks (CIDR) webhook URLs may reach although they are loopback, private or link-local (e.g. 10.0.0.0/8 for a compose network)"`
@@ -32,6 +33,9 @@ func DefaultConfig() Config {
 }
 
 func (c *Config) setDefaults() {
+	if c.Addr == "" {
+		c.Addr = ":8083"
+	}
 	if c.MaxEndpoints == 0 {
 		c.MaxEndpoints = 1000
 	}
@@ -50,6 +54,9 @@ func (c *Config) setDefaults() {
 func (c *Config) Validate() error {
 	var errs []error
 	add := func(key, format string, a ...any) { errs = append(errs, config.Problem(key, format, a...)) }
+	if err := config.CheckAddr(c.Addr); err != nil {
+		add("addr", "%q: %v", c.Addr, err)
+	}
 	if c.MaxEndpoints < 1 || c.MaxEndpoints > 100_000 {
 		add("max_endpoints", "want 1 to 100000")
 	}
