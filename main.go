@@ -28,7 +28,7 @@ const usage = `mailpulse — telemetry pipeline for mail servers, on NATS JetStr
 Usage:
   mailpulse [all] [flags]      run everything, on an embedded NATS server (the default)
   mailpulse <role> [flags]     run one role against an external NATS (--nats-url)
-                               roles: producer, live-gateway, archiver (more arrive with later versions)
+                               roles: producer, live-gateway, archiver, webhooker (more arrive with later versions)
   mailpulse archiver rebuild   recreate the history from the log
   mailpulse bench <what>       measure: ingest, live, archive, consume, pipeline, abuse
                                (run "mailpulse bench ingest -h")

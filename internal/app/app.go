@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/gofiber/fiber/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +25,7 @@ import (
 	"github.com/mailpulse/mailpulse/services/archiver"
 	livegateway "github.com/mailpulse/mailpulse/services/live-gateway"
 	"github.com/mailpulse/mailpulse/services/producer"
+	"github.com/mailpulse/mailpulse/services/webhooker"
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/broker"
 	"github.com/mailpulse/mailpulse/shared/bus"
@@ -38,7 +40,7 @@ const autoSimulateRate = 20
 // Run runs role until ctx ends. ready, when not nil, is called once everything is up.
 func Run(ctx context.Context, role string, set *Settings, log *slog.Logger, ready func(Ready)) error {
 	if !known(role) {
-		return fmt.Errorf("role %s is not built yet: this version runs all, producer, live-gateway and archiver", role)
+		return fmt.Errorf("role %s is not built yet: this version runs all, producer, live-gateway, archiver and webhooker", role)
 	}
 	// Every connection is a file: the soft limit (often 1,024) is raised to the hard one, so
 	// that the listeners' caps, not the limit, decide how many clients are served.
@@ -109,10 +111,18 @@ func Run(ctx context.Context, role string, set *Settings, log *slog.Logger, read
 		info.IngestAddr = prod.Addr()
 		g.Go(func() error { return prod.Run(gctx) })
 	}
+	// The webhook endpoints: one store per process, which the webhooker and its API share.
+	var endpoints *webhooker.Endpoints
+	if runs(role, "webhooker") || runs(role, "live-gateway") {
+		if endpoints, err = webhooker.OpenEndpoints(kctx, pub.JetStream(), set.Webhooker, log.With("service", "webhooker")); err != nil {
+			return err
+		}
+	}
 	if runs(role, "live-gateway") {
 		cfg := set.Gateway
 		cfg.Grace = p.Shutdown.Grace
-		gw, err := livegateway.New(ctx, cfg, livegateway.Deps{Conn: nc, Keys: keys, Log: log.With("service", "live-gateway"), Registry: reg})
+		mounts := []func(fiber.Router, fiber.Handler){webhooker.NewAPI(endpoints).Mount}
+		gw, err := livegateway.New(ctx, cfg, livegateway.Deps{Conn: nc, Keys: keys, Log: log.With("service", "live-gateway"), Registry: reg, Mount: mounts})
 		if err != nil {
 			return err
 		}
@@ -140,6 +150,27 @@ func Run(ctx context.Context, role string, set *Settings, log *slog.Logger, read
 			}
 			app := httpserver.New(httpserver.Config{Name: "mailpulse-archiver", WriteTimeout: 30 * time.Second, Log: log})
 			httpserver.Health(app, keys, natsReady(nc), reg)
+			info.HTTPAddr = ln.Addr()
+			g.Go(func() error { return httpserver.Serve(gctx, app, ln, p.Shutdown.Grace, nil) })
+		}
+	}
+	if runs(role, "webhooker") {
+		cfg := set.Webhooker
+		cfg.Grace = p.Shutdown.Grace
+		wh, err := webhooker.New(cfg, webhooker.Deps{Conn: nc, Endpoints: endpoints, Log: log.With("service", "webhooker"), Registry: reg})
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return wh.Run(gctx) })
+		if role == "webhooker" {
+			// Alone: its health, metrics and the webhooks API on its own address.
+			ln, err := net.Listen("tcp", cfg.Addr)
+			if err != nil {
+				return fmt.Errorf("webhooker: listen on %s: %w", cfg.Addr, err)
+			}
+			app := httpserver.New(httpserver.Config{Name: "mailpulse-webhooker", WriteTimeout: 30 * time.Second, Registry: reg, Log: log})
+			httpserver.Health(app, keys, natsReady(nc), reg)
+			webhooker.NewAPI(endpoints).Mount(app, httpserver.RequireKey(keys, apikey.Admin))
 			info.HTTPAddr = ln.Addr()
 			g.Go(func() error { return httpserver.Serve(gctx, app, ln, p.Shutdown.Grace, nil) })
 		}

@@ -11,7 +11,7 @@ import (
 type Ready struct {
 	Role       string
 	IngestAddr net.Addr // the producer's ingest API
-	HTTPAddr   net.Addr // the gateway, or the archiver's own health and metrics when it runs alone
+	HTTPAddr   net.Addr // the gateway, or the archiver's or webhooker's own address when it runs alone
 	NATSURL    string   // the embedded server's TCP URL, if it listens
 	NATSUser   string
 	NATSPass   string // only when generated now
@@ -38,6 +38,9 @@ func PrintBanner(w io.Writer, r Ready) {
 		fmt.Fprintf(w, "  history          http://%s/api/v1/events   sessions: /api/v1/spans/{id}   replay: /api/v1/replay\n", api)
 		fmt.Fprintf(w, "  metrics          http://%s/metrics/prometheus (the mail servers')   http://%s/metrics (mailpulse's own)\n", api, api)
 		fmt.Fprintf(w, "  API keys         http://%s/api/v1/keys   health: http://%s/healthz\n", api, api)
+		fmt.Fprintf(w, "  webhooks         http://%s/api/v1/webhooks (admin key)\n", api)
+	} else if api != "" && r.Role == "webhooker" {
+		fmt.Fprintf(w, "  webhooks         http://%s/api/v1/webhooks (admin key)   health: http://%s/healthz   metrics: http://%s/metrics\n", api, api, api)
 	} else if api != "" {
 		fmt.Fprintf(w, "  health           http://%s/healthz   metrics: http://%s/metrics (admin or viewer key)\n", api, api)
 	}

@@ -7,16 +7,18 @@ import (
 	"github.com/mailpulse/mailpulse/services/archiver"
 	livegateway "github.com/mailpulse/mailpulse/services/live-gateway"
 	"github.com/mailpulse/mailpulse/services/producer"
+	"github.com/mailpulse/mailpulse/services/webhooker"
 	"github.com/mailpulse/mailpulse/shared/config"
 )
 
 // Settings is the configuration of one process: the part every role shares, and each
 // service's own section, declared by the service itself. Loading fills these in place.
 type Settings struct {
-	Process  config.Process
-	Producer producer.Config
-	Gateway  livegateway.Config
-	Archiver archiver.Config
+	Process   config.Process
+	Producer  producer.Config
+	Gateway   livegateway.Config
+	Archiver  archiver.Config
+	Webhooker webhooker.Config
 
 	doc *config.Document
 }
@@ -25,16 +27,19 @@ type Settings struct {
 // at the top level (ingest_addr, ingest.*, stalwart.*…), the others under their names.
 func NewSettings() *Settings {
 	s := &Settings{
-		Process:  config.DefaultProcess(),
-		Producer: producer.DefaultConfig(),
-		Gateway:  livegateway.DefaultConfig(),
-		Archiver: archiver.DefaultConfig(),
+		Process:   config.DefaultProcess(),
+		Producer:  producer.DefaultConfig(),
+		Gateway:   livegateway.DefaultConfig(),
+		Archiver:  archiver.DefaultConfig(),
+		Webhooker: webhooker.DefaultConfig(),
 	}
 	s.doc = &config.Document{}
 	s.doc.Add("", &s.Process)
 	s.doc.Add("", &s.Producer, "all", "producer")
 	s.doc.Add("gateway", &s.Gateway, "all", "live-gateway")
 	s.doc.Add("archiver", &s.Archiver, "all", "archiver")
+	// The gateway serves the webhooks API, which checks endpoints against allow_networks.
+	s.doc.Add("webhooker", &s.Webhooker, "all", "webhooker", "live-gateway")
 	s.doc.Rule(func(role string) error {
 		if role == "all" && s.Gateway.Addr == s.Producer.Addr && !strings.HasSuffix(s.Gateway.Addr, ":0") {
 			return config.Problem("http_addr", "must differ from ingest_addr in all mode")
@@ -59,7 +64,7 @@ func Load(role string, args, environ []string) (*Settings, *config.Loader, error
 }
 
 // roles are the roles this version runs.
-var roles = []string{"all", "producer", "live-gateway", "archiver"}
+var roles = []string{"all", "producer", "live-gateway", "archiver", "webhooker"}
 
 func runs(role, service string) bool { return role == "all" || role == service }
 

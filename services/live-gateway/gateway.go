@@ -38,6 +38,10 @@ type Deps struct {
 	Keys     *apikey.Store
 	Log      *slog.Logger
 	Registry *prometheus.Registry
+	// Mount adds other services' API routes (the webhooks API) to the gateway's front
+	// door: services do not import each other, the process assembles them. admin is the
+	// admin-key middleware.
+	Mount []func(r fiber.Router, admin fiber.Handler)
 }
 
 // Service is a running gateway. Create it with New, then call Run once.
@@ -109,7 +113,7 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Service, error) {
 		openBy:  map[string]int{},
 	}
 	s.metrics = newGatewayMetrics(deps.Registry, s)
-	s.app = s.routes(deps.Registry)
+	s.app = s.routes(deps.Registry, deps.Mount)
 	return s, nil
 }
 

@@ -14,7 +14,7 @@ import (
 // routes is the gateway's route table. Keys are checked by httpserver.RequireKey (401 for a
 // missing or unknown key, 403 for a key of too small a role); streams also take a stream
 // token in ?token= (tokens.go).
-func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
+func (s *Service) routes(reg *prometheus.Registry, mounts []func(fiber.Router, fiber.Handler)) *fiber.App {
 	// No write timeout: streams write for as long as their client stays.
 	app := httpserver.New(httpserver.Config{Name: "mailpulse-gateway", BodyLimit: 1 << 20, Registry: reg, Log: s.log})
 	if len(s.cfg.CORSOrigins) > 0 {
@@ -60,5 +60,10 @@ func (s *Service) routes(reg *prometheus.Registry) *fiber.App {
 	app.Get("/api/telemetry/traces", viewer, s.traces)
 	app.Get("/api/telemetry/trace/:id?", viewer, s.trace)
 	app.Get("/api/telemetry/metrics", viewer, s.stalwartMetrics)
+
+	// Other services' APIs, mounted by the process (the webhooks API).
+	for _, mount := range mounts {
+		mount(app, admin)
+	}
 	return app
 }
