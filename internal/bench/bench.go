@@ -32,7 +32,7 @@ import (
 // Main runs "mailpulse bench <what>".
 func Main(args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintln(stdout, "usage: mailpulse bench ingest|live|archive|consume|pipeline|abuse [flags]   (<what> -h lists the flags)")
+		fmt.Fprintln(stdout, "usage: mailpulse bench ingest|live|archive|consume|pipeline|webhooks|abuse [flags]   (<what> -h lists the flags)")
 		return 0
 	}
 	switch args[0] {
@@ -60,6 +60,12 @@ func Main(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "webhooks":
+		if err := webhooks(args[1:], stdout); err != nil {
+			fmt.Fprintln(stderr, "bench webhooks:", err)
+			return 1
+		}
+		return 0
 	case "abuse":
 		if err := abuse(args[1:], stdout); err != nil {
 			fmt.Fprintln(stderr, "bench abuse:", err)
@@ -73,7 +79,7 @@ func Main(args []string, stdout, stderr io.Writer) int {
 		}
 		return 0
 	}
-	fmt.Fprintf(stderr, "bench: unknown measurement %q (want ingest, live, archive, consume, pipeline or abuse)\n", args[0])
+	fmt.Fprintf(stderr, "bench: unknown measurement %q (want ingest, live, archive, consume, pipeline, webhooks or abuse)\n", args[0])
 	return 2
 }
 
