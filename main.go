@@ -30,7 +30,7 @@ Usage:
   mailpulse <role> [flags]     run one role against an external NATS (--nats-url)
                                roles: producer, live-gateway, archiver, webhooker (more arrive with later versions)
   mailpulse archiver rebuild   recreate the history from the log
-  mailpulse bench <what>       measure: ingest, live, archive, consume, pipeline, abuse
+  mailpulse bench <what>       measure: ingest, live, archive, consume, pipeline, webhooks, abuse
                                (run "mailpulse bench ingest -h")
   mailpulse <role> --help      every setting of a role
 
