@@ -161,7 +161,6 @@ func (b *hookBench) fanout(out io.Writer, endpoints, rate int, d time.Duration) 
 	return nil
 }
 
-
 // catchUp: an endpoint down (503, Retry-After: 1) for outage while events come at 1,000/s;
 // then up: how fast it catches up, as a multiple of the live rate (target ≥ 10×).
 func (b *hookBench) catchUp(out io.Writer, outage time.Duration) error {
