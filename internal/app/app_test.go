@@ -24,8 +24,15 @@ import (
 
 func runAll(t *testing.T, dataDir string, env []string) (app.Ready, func()) {
 	t.Helper()
-	set, _, err := app.Load("all", nil, append([]string{"MAILPULSE_DATA_DIR=" + dataDir, "MAILPULSE_INGEST_ADDR=127.0.0.1:0",
+	return runRole(t, "all", append([]string{"MAILPULSE_DATA_DIR=" + dataDir, "MAILPULSE_INGEST_ADDR=127.0.0.1:0",
 		"MAILPULSE_HTTP_ADDR=127.0.0.1:0", "MAILPULSE_NATS_LISTEN=127.0.0.1:0", "MAILPULSE_SHUTDOWN_GRACE=5s"}, env...))
+}
+
+// runRole runs a role with the given environment until the returned stop is called, and
+// returns once it is ready.
+func runRole(t *testing.T, role string, env []string) (app.Ready, func()) {
+	t.Helper()
+	set, _, err := app.Load(role, nil, env)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +40,7 @@ func runAll(t *testing.T, dataDir string, env []string) (app.Ready, func()) {
 	readyCh := make(chan app.Ready, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- app.Run(ctx, "all", set, set.Process.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
+		done <- app.Run(ctx, role, set, set.Process.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
 	}()
 	select {
 	case r := <-readyCh:
@@ -233,28 +240,15 @@ func TestOtherRolesNeedAnExternalNATS(t *testing.T) {
 	}
 }
 
+// externalNATS is the environment of a role run against srv.
+func externalNATS(srv *brokertest.Server) []string {
+	return []string{"MAILPULSE_NATS_URL=" + srv.ClientURL(), "MAILPULSE_NATS_USER=" + brokertest.User, "MAILPULSE_NATS_PASSWORD=" + brokertest.Password}
+}
+
 func TestArchiverRoleServesHealthAndMetrics(t *testing.T) {
 	srv := brokertest.StartTCP(t)
-	set, _, err := app.Load("archiver", nil, []string{"MAILPULSE_DATA_DIR=" + t.TempDir(), "MAILPULSE_ARCHIVER_ADDR=127.0.0.1:0",
-		"MAILPULSE_NATS_URL=" + srv.ClientURL(), "MAILPULSE_NATS_USER=" + brokertest.User, "MAILPULSE_NATS_PASSWORD=" + brokertest.Password})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	readyCh := make(chan app.Ready, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- app.Run(ctx, "archiver", set, set.Process.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
-	}()
-	defer func() { cancel(); <-done }()
-	var r app.Ready
-	select {
-	case r = <-readyCh:
-	case err := <-done:
-		t.Fatalf("Run = %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("not ready")
-	}
+	r, stop := runRole(t, "archiver", append(externalNATS(srv), "MAILPULSE_DATA_DIR="+t.TempDir(), "MAILPULSE_ARCHIVER_ADDR=127.0.0.1:0"))
+	defer stop()
 	base := "http://" + r.HTTPAddr.String()
 	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 401} {
 		resp, err := http.Get(base + path)

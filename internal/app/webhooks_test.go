@@ -1,7 +1,6 @@
 package app_test
 
 import (
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -9,9 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
-	"github.com/mailpulse/mailpulse/internal/app"
 	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/poll"
 )
@@ -95,27 +92,9 @@ func TestAllModeDeliversToAWebhook(t *testing.T) {
 func TestWebhookerRoleDelivers(t *testing.T) {
 	rcv := newReceiver(t)
 	srv := brokertest.StartTCP(t)
-	env := []string{"MAILPULSE_WEBHOOKER_ADDR=127.0.0.1:0", "MAILPULSE_WEBHOOKER_ALLOW_NETWORKS=127.0.0.0/8",
-		"MAILPULSE_NATS_URL=" + srv.ClientURL(), "MAILPULSE_NATS_USER=" + brokertest.User, "MAILPULSE_NATS_PASSWORD=" + brokertest.Password}
-	set, _, err := app.Load("webhooker", nil, env)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	readyCh := make(chan app.Ready, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- app.Run(ctx, "webhooker", set, set.Process.Logger(io.Discard), func(r app.Ready) { readyCh <- r })
-	}()
-	defer func() { cancel(); <-done }()
-	var r app.Ready
-	select {
-	case r = <-readyCh:
-	case err := <-done:
-		t.Fatalf("Run = %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("not ready")
-	}
+	env := append(externalNATS(srv), "MAILPULSE_WEBHOOKER_ADDR=127.0.0.1:0", "MAILPULSE_WEBHOOKER_ALLOW_NETWORKS=127.0.0.0/8")
+	r, stop := runRole(t, "webhooker", env)
+	defer stop()
 	base := "http://" + r.HTTPAddr.String()
 	if code, _ := do(t, http.MethodGet, base+"/healthz", "", ""); code != 200 {
 		t.Errorf("/healthz = %d", code)
@@ -127,23 +106,8 @@ func TestWebhookerRoleDelivers(t *testing.T) {
 		t.Fatalf("create endpoint: %d %s", code, body)
 	}
 	// A producer elsewhere: an event into the log over NATS.
-	set2, _, err := app.Load("producer", nil, append(env, "MAILPULSE_INGEST_ADDR=127.0.0.1:0", "MAILPULSE_INGEST_KEY=mpk_fixed_ingest_key_for_tests"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pctx, pcancel := context.WithCancel(context.Background())
-	pready := make(chan app.Ready, 1)
-	pdone := make(chan error, 1)
-	go func() {
-		pdone <- app.Run(pctx, "producer", set2, set2.Process.Logger(io.Discard), func(r app.Ready) { pready <- r })
-	}()
-	defer func() { pcancel(); <-pdone }()
-	var pr app.Ready
-	select {
-	case pr = <-pready:
-	case err := <-pdone:
-		t.Fatalf("producer: Run = %v", err)
-	}
+	pr, stopProducer := runRole(t, "producer", append(env, "MAILPULSE_INGEST_ADDR=127.0.0.1:0", "MAILPULSE_INGEST_KEY=mpk_fixed_ingest_key_for_tests"))
+	defer stopProducer()
 	if code, body := do(t, http.MethodPost, "http://"+pr.IngestAddr.String()+"/api/v1/events", "mpk_fixed_ingest_key_for_tests", `[{"id":"role-hook","type":"smtp.ehlo"}]`); code != 202 {
 		t.Fatalf("ingest: %d %s", code, body)
 	}

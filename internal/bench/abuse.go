@@ -5,19 +5,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/mailpulse/mailpulse/shared/poll"
@@ -44,7 +40,7 @@ func abuse(args []string, out io.Writer) error {
 	}
 	defer p.stop()
 	fmt.Fprintf(out, "target: pid %d, gateway %s, ingest %s, file limit %s; RSS at start %s\n",
-		p.cmd.Process.Pid, p.http, p.ingest, limitText(*nofile), mib(p.rss()))
+		p.pid(), p.http, p.ingest, limitText(*nofile), mib(p.rss()))
 	cases := []struct {
 		name string
 		run  func(*target) (string, bool)
@@ -107,11 +103,10 @@ func mib(b int64) string { return fmt.Sprintf("%.0f MiB", float64(b)/(1<<20)) }
 
 // target is a mailpulse process started for the abuse cases.
 type target struct {
-	cmd          *exec.Cmd
+	*child
 	dir          string
 	http, ingest string // host:port
 	admin, key   string // the admin and ingest keys
-	done         chan struct{}
 }
 
 func freeAddr() (string, error) {
@@ -124,15 +119,11 @@ func freeAddr() (string, error) {
 }
 
 func startTarget(nofile int) (*target, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
 	dir, err := os.MkdirTemp("", "mailpulse-abuse-")
 	if err != nil {
 		return nil, err
 	}
-	p := &target{dir: dir, admin: randomKey(), key: randomKey(), done: make(chan struct{})}
+	p := &target{dir: dir, admin: randomKey(), key: randomKey()}
 	if p.http, err = freeAddr(); err != nil {
 		return nil, err
 	}
@@ -143,88 +134,20 @@ func startTarget(nofile int) (*target, error) {
 	if err != nil {
 		return nil, err
 	}
-	line := "exec " + strconv.Quote(exe)
-	if nofile > 0 {
-		line = "ulimit -n " + strconv.Itoa(nofile) + " && " + line
-	}
-	p.cmd = exec.Command("sh", "-c", line)
-	p.cmd.Env = append(os.Environ(),
-		"MAILPULSE_DATA_DIR="+dir, "MAILPULSE_HTTP_ADDR="+p.http, "MAILPULSE_INGEST_ADDR="+p.ingest,
-		"MAILPULSE_ARCHIVER_ADDR="+archiverAddr, "MAILPULSE_SIMULATE=0", "MAILPULSE_LOG_LEVEL=error",
-		"MAILPULSE_ADMIN_KEY="+p.admin, "MAILPULSE_INGEST_KEY="+p.key, "MAILPULSE_METRICS_INTERVAL=1s")
-	p.cmd.Stdout, p.cmd.Stderr = io.Discard, os.Stderr
-	if err := p.cmd.Start(); err != nil {
+	p.child, err = startChild(nil, []string{
+		"MAILPULSE_DATA_DIR=" + dir, "MAILPULSE_HTTP_ADDR=" + p.http, "MAILPULSE_INGEST_ADDR=" + p.ingest,
+		"MAILPULSE_ARCHIVER_ADDR=" + archiverAddr, "MAILPULSE_SIMULATE=0", "MAILPULSE_LOG_LEVEL=error",
+		"MAILPULSE_ADMIN_KEY=" + p.admin, "MAILPULSE_INGEST_KEY=" + p.key, "MAILPULSE_METRICS_INTERVAL=1s"}, nofile, p.healthy)
+	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
-	}
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
-	exited := func() bool {
-		select {
-		case <-p.done:
-			return true
-		default:
-			return false
-		}
-	}
-	if !poll.Wait(60*time.Second, func() bool { return exited() || p.healthy() }) {
-		p.stop()
-		return nil, errors.New("mailpulse did not answer /healthz within 60 s")
-	}
-	if exited() {
-		os.RemoveAll(dir)
-		return nil, errors.New("mailpulse exited while starting")
 	}
 	return p, nil
 }
 
 func (p *target) stop() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
+	p.child.stop()
 	os.RemoveAll(p.dir)
-}
-
-// rss is the process's resident memory, from /proc.
-func (p *target) rss() int64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
-
-// watchRSS samples the resident memory until the returned function is called, which returns
-// the peak.
-func (p *target) watchRSS() func() int64 {
-	var peak atomic.Int64
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if r := p.rss(); r > peak.Load() {
-				peak.Store(r)
-			}
-			select {
-			case <-stop:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return func() int64 { close(stop); <-done; return peak.Load() }
 }
 
 var abuseClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 16}}
@@ -235,18 +158,7 @@ var healthClient = &http.Client{Timeout: 2 * time.Second, Transport: &http.Trans
 	DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).DialContext}}
 
 func (p *target) healthy() bool {
-	for _, addr := range []string{p.http, p.ingest} {
-		c := healthClient
-		resp, err := c.Get("http://" + addr + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return false
-		}
-	}
-	return true
+	return answers(healthClient, "http://"+p.http+"/healthz", "http://"+p.ingest+"/healthz")
 }
 
 // do sends a request and returns its status and body (at most 1 MiB of it).

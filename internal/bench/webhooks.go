@@ -11,12 +11,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -27,7 +25,6 @@ import (
 	"github.com/mailpulse/mailpulse/shared/broker"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
-	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
 // webhooks runs "mailpulse bench webhooks": the webhooker as a process of its own
@@ -54,7 +51,7 @@ func webhooks(args []string, out io.Writer) error {
 		return err
 	}
 	defer b.close()
-	fmt.Fprintf(out, "webhooker: pid %d (its own process), NATS and receivers in this one; RSS at start %s\n", b.wh.Process.Pid, mib(b.rss()))
+	fmt.Fprintf(out, "webhooker: pid %d (its own process), NATS and receivers in this one; RSS at start %s\n", b.wh.pid(), mib(b.rss()))
 	if !skipped["throughput"] {
 		if err := b.throughput(out, *drain); err != nil {
 			return fmt.Errorf("throughput: %w", err)
@@ -82,8 +79,7 @@ type hookBench struct {
 	srv   *broker.Server
 	nc    *nats.Conn
 	js    jetstream.JetStream
-	wh    *exec.Cmd
-	whEnd chan struct{}
+	wh    *child
 	base  string // the webhooker's API
 	admin string
 	dir   string
@@ -121,46 +117,20 @@ func startHookBench() (*hookBench, error) {
 		b.close()
 		return nil, err
 	}
-	exe, err := os.Executable()
+	b.base = "http://" + addr
+	b.wh, err = startChild([]string{"webhooker"}, []string{"MAILPULSE_NATS_URL=nats://127.0.0.1:" + strconv.Itoa(b.srv.Port()), "MAILPULSE_NATS_USER=bench",
+		"MAILPULSE_NATS_PASSWORD=" + pass, "MAILPULSE_WEBHOOKER_ADDR=" + addr, "MAILPULSE_WEBHOOKER_ALLOW_NETWORKS=127.0.0.0/8",
+		"MAILPULSE_ADMIN_KEY=" + b.admin, "MAILPULSE_LOG_LEVEL=error"}, 0, func() bool { return answers(http.DefaultClient, b.base+"/healthz") })
 	if err != nil {
 		b.close()
 		return nil, err
-	}
-	b.wh = exec.Command(exe, "webhooker")
-	b.wh.Env = append(os.Environ(), "MAILPULSE_NATS_URL=nats://127.0.0.1:"+strconv.Itoa(b.srv.Port()), "MAILPULSE_NATS_USER=bench",
-		"MAILPULSE_NATS_PASSWORD="+pass, "MAILPULSE_WEBHOOKER_ADDR="+addr, "MAILPULSE_WEBHOOKER_ALLOW_NETWORKS=127.0.0.0/8",
-		"MAILPULSE_ADMIN_KEY="+b.admin, "MAILPULSE_LOG_LEVEL=error")
-	b.wh.Stdout, b.wh.Stderr = io.Discard, os.Stderr
-	if err := b.wh.Start(); err != nil {
-		b.close()
-		return nil, err
-	}
-	b.whEnd = make(chan struct{})
-	go func() { _ = b.wh.Wait(); close(b.whEnd) }()
-	b.base = "http://" + addr
-	if !poll.Wait(30*time.Second, func() bool {
-		resp, err := http.Get(b.base + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	}) {
-		b.close()
-		return nil, errors.New("the webhooker did not answer /healthz within 30 s")
 	}
 	return b, nil
 }
 
 func (b *hookBench) close() {
-	if b.wh != nil && b.wh.Process != nil {
-		_ = b.wh.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-b.whEnd:
-		case <-time.After(30 * time.Second):
-			_ = b.wh.Process.Kill()
-			<-b.whEnd
-		}
+	if b.wh != nil {
+		b.wh.stop()
 	}
 	if b.nc != nil {
 		b.nc.Close()
@@ -171,7 +141,7 @@ func (b *hookBench) close() {
 	os.RemoveAll(b.dir)
 }
 
-func (b *hookBench) rss() int64 { return (&target{cmd: b.wh}).rss() }
+func (b *hookBench) rss() int64 { return b.wh.rss() }
 
 // endpoint creates an endpoint and returns its id.
 func (b *hookBench) endpoint(def map[string]any) (string, error) {

@@ -223,7 +223,7 @@ func (b *hookBench) memory(out io.Writer, n int) error {
 		"batch": map[string]any{"maxEvents": 100, "maxWait": "100ms"}}); err != nil {
 		return err
 	}
-	peak := (&target{cmd: b.wh}).watchRSS()
+	peak := b.wh.watchRSS()
 	time.Sleep(15 * time.Second) // the sampling window, while it works through the backlog
 	max := peak()
 	fmt.Fprintf(out, "memory, one endpoint %d events behind: webhooker peak RSS %s over 15 s (%d delivered meanwhile; target ≤ 150 MB)\n", n, mib(max), rcv.count())
