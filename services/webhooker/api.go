@@ -8,18 +8,32 @@ import (
 	"io"
 
 	"github.com/gofiber/fiber/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailpulse/mailpulse/shared/httpserver"
 )
 
 // API is the management API of webhook endpoints. It needs only the endpoint store, so any
 // process that follows the WEBHOOKS bucket (the gateway, the webhooker alone) can serve it.
+//
+// The repair routes (api_repair.go, replay.go) send to endpoints from the process that
+// serves them, through a Service that does not run: the same sender, signer, SSRF guard,
+// filters and delivery records as the workers, without a consumer.
 type API struct {
 	endpoints *Endpoints
+	svc       *Service
+	svcErr    error // why svc could not be made: the repair routes answer 500 with it
 }
 
-// NewAPI returns the API over an endpoint store.
-func NewAPI(endpoints *Endpoints) *API { return &API{endpoints: endpoints} }
+// NewAPI returns the API over an endpoint store, with the store's settings. The repair
+// routes' metrics (request latency, dropped records) are kept apart from the workers' (a
+// process may run both on one registry, whose series the workers own) and are not exported.
+func NewAPI(endpoints *Endpoints) *API {
+	a := &API{endpoints: endpoints}
+	a.svc, a.svcErr = New(endpoints.cfg, Deps{Conn: endpoints.js.Conn(), Endpoints: endpoints,
+		Log: endpoints.log.With("part", "webhook-repair"), Registry: prometheus.NewRegistry()})
+	return a
+}
 
 // Mount registers the routes on r, each behind admin (httpserver.RequireKey with the admin
 // role, which also reads the body):
@@ -32,8 +46,16 @@ func NewAPI(endpoints *Endpoints) *API { return &API{endpoints: endpoints} }
 //	POST   /api/v1/webhooks/:id/pause   stop deliveries; events wait in the log
 //	POST   /api/v1/webhooks/:id/resume  resume (also re-enables a disabled endpoint)
 //
+//	GET    /api/v1/webhooks/:id/attempts                  its delivery records, from the history
+//	GET    /api/v1/webhooks/:id/dead-letters              its dead letters, oldest first
+//	POST   /api/v1/webhooks/:id/dead-letters/redeliver    send them again, remove those delivered
+//	POST   /api/v1/webhooks/:id/replay                    send a time range of the log again (202, a job)
+//	GET    /api/v1/webhooks/:id/replay/:job               the job's progress
+//	DELETE /api/v1/webhooks/:id/replay/:job               stop it
+//	POST   /api/v1/webhooks/:id/test                      send a sample event now
+//
 // A definition with problems gets 400 {"error":"invalid endpoint","errors":[…every reason…]}
-// and changes nothing.
+// and changes nothing; so does any other bad input ({"error":"invalid request","errors":[…]}).
 func (a *API) Mount(r fiber.Router, admin fiber.Handler) {
 	r.Get("/api/v1/webhooks", admin, a.list)
 	r.Post("/api/v1/webhooks", admin, a.create)
@@ -42,6 +64,13 @@ func (a *API) Mount(r fiber.Router, admin fiber.Handler) {
 	r.Delete("/api/v1/webhooks/:id", admin, a.remove)
 	r.Post("/api/v1/webhooks/:id/pause", admin, a.pause(true))
 	r.Post("/api/v1/webhooks/:id/resume", admin, a.pause(false))
+	r.Get("/api/v1/webhooks/:id/attempts", admin, a.attempts)
+	r.Get("/api/v1/webhooks/:id/dead-letters", admin, a.deadLetters)
+	r.Post("/api/v1/webhooks/:id/dead-letters/redeliver", admin, a.redeliver)
+	r.Post("/api/v1/webhooks/:id/replay", admin, a.replay)
+	r.Get("/api/v1/webhooks/:id/replay/:job", admin, a.replayStatus)
+	r.Delete("/api/v1/webhooks/:id/replay/:job", admin, a.replayCancel)
+	r.Post("/api/v1/webhooks/:id/test", admin, a.test)
 }
 
 func (a *API) list(c *fiber.Ctx) error {
@@ -134,6 +163,11 @@ func decodeDefinition(body []byte) (Endpoint, error) {
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return Endpoint{}, &ValidationError{Problems: []string{"body: want one JSON object"}}
 	}
+	return d.endpoint()
+}
+
+// endpoint is the definition as an endpoint, without id, state or times.
+func (d definition) endpoint() (Endpoint, error) {
 	ep := Endpoint{Description: d.Description, URL: d.URL, Headers: d.Headers, Auth: d.Auth, Types: d.Types,
 		MinLevel: d.MinLevel, Sources: d.Sources, Format: d.Format, Secrets: d.Secrets, Batch: d.Batch,
 		Timeout: d.Timeout, Retry: d.Retry, RateLimit: d.RateLimit, Start: d.Start, Paused: d.Paused}

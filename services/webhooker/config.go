@@ -10,7 +10,7 @@ import (
 
 // Config is the webhooker's settings, under webhooker.* in the configuration. Zero fields
 // take the defaults of DefaultConfig. Endpoints themselves live in the WEBHOOKS bucket and
-// are managed through the API.
+// are managed through the API; those declared here are seeded into it at start (seed.go).
 type Config struct {
 	Addr string `koanf:"addr" help:"listen address of the webhooker's health and metrics when it runs alone (in all mode the gateway serves them, and the webhook API)"`
 	// AllowNetworks opens ranges that are refused by default (loopback, private,
@@ -21,6 +21,12 @@ type Config struct {
 	// with the number of endpoints, the memory deliveries use.
 	MaxRequestBytes int    `koanf:"max_request_bytes" help:"largest body of one webhook request, in bytes (at least 1 MiB: one event must always fit)"`
 	Source          string `koanf:"source" help:"the source named in the webhooker's own events (telemetry.webhook-delivered, -error, -disabled)"`
+
+	// Endpoints are declared in the configuration file as [[webhooker.endpoints]] tables,
+	// with the API's fields plus an id, and seeded into the bucket at start by every
+	// process that opens it. Only the file can declare them: a list of tables has no form
+	// in a variable or a flag.
+	Endpoints []EndpointSeed `koanf:"endpoints" secret:"true" help:"webhook endpoints to create or update at start: [[webhooker.endpoints]] tables in the config file, each with an id, a secret and the API's fields (url, types, format…)"`
 
 	Grace time.Duration `koanf:"-"` // bound of a graceful stop (shutdown.grace)
 }
@@ -67,6 +73,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Source == "" || len(c.Source) > 255 {
 		add("source", "want 1 to 255 characters")
+	}
+	if len(c.Endpoints) > 0 {
+		_, probs := c.seeds()
+		for _, p := range probs {
+			add(p.key, "%s", p.problem)
+		}
 	}
 	return errors.Join(errs...)
 }

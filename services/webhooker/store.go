@@ -30,11 +30,18 @@ var (
 // watching it: a change made through any replica applies on every replica at once. Open
 // it with OpenEndpoints; it follows the bucket until the context given there ends.
 type Endpoints struct {
+	js    jetstream.JetStream
 	kv    jetstream.KeyValue
+	cfg   Config
 	guard *ssrf.Guard
 	max   int
 	log   *slog.Logger
 	now   func() time.Time
+
+	// work hands background work (replays, replay.go) to runWork, which runs it until the
+	// store's context ends; stopping is closed when it no longer takes any.
+	work     chan func(context.Context)
+	stopping chan struct{}
 
 	mu   sync.RWMutex
 	byID map[string]stored
@@ -53,33 +60,43 @@ type stored struct {
 	err  error
 }
 
-// OpenEndpoints loads every endpoint of the WEBHOOKS bucket and follows it until ctx ends.
-// cfg gives the networks URLs may point to and the maximum number of endpoints.
+// OpenEndpoints loads every endpoint of the WEBHOOKS bucket and follows it until ctx ends,
+// after seeding the endpoints cfg declares (seed.go). cfg gives the networks URLs may
+// point to and the maximum number of endpoints. The background work of the API (replays)
+// runs until ctx ends too.
 func OpenEndpoints(ctx context.Context, js jetstream.JetStream, cfg Config, log *slog.Logger) (*Endpoints, error) {
 	cfg.setDefaults()
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	seeds, probs := cfg.seeds()
+	if len(probs) > 0 {
+		return nil, fmt.Errorf("webhooker.%s: %s", probs[0].key, probs[0].problem)
+	}
 	kv, err := js.KeyValue(ctx, bus.BucketWebhooks)
 	if err != nil {
 		return nil, fmt.Errorf("webhooks bucket: %w", err)
 	}
-	s := &Endpoints{kv: kv, guard: cfg.guard(nil), max: cfg.MaxEndpoints, log: log, now: time.Now,
-		byID: map[string]stored{}, gone: map[string]uint64{}, subs: map[chan struct{}]bool{}}
-	w, err := kv.WatchAll(ctx)
+	s := &Endpoints{js: js, kv: kv, cfg: cfg, guard: cfg.guard(nil), max: cfg.MaxEndpoints, log: log, now: time.Now,
+		byID: map[string]stored{}, gone: map[string]uint64{}, subs: map[chan struct{}]bool{},
+		work: make(chan func(context.Context)), stopping: make(chan struct{})}
+	// Endpoints are the keys of one token (ids have no dots); the repair routes keep their
+	// state beside them under replay.<id> and redeliver.<id> (replay.go, api_repair.go),
+	// which this watch leaves out.
+	w, err := kv.Watch(ctx, "*")
 	if err != nil {
 		return nil, fmt.Errorf("watch webhooks: %w", err)
 	}
 	// The watcher delivers every current entry, then a nil marker.
-	for {
+	for loaded := false; !loaded; {
 		select {
 		case e, ok := <-w.Updates():
 			if !ok {
 				return nil, errors.New("watch webhooks: watcher closed")
 			}
 			if e == nil {
-				go s.follow(ctx, w)
-				return s, nil
+				loaded = true
+				break
 			}
 			s.apply(e.Key(), e.Operation(), e.Value(), e.Revision())
 		case <-ctx.Done():
@@ -87,6 +104,13 @@ func OpenEndpoints(ctx context.Context, js jetstream.JetStream, cfg Config, log 
 			return nil, ctx.Err()
 		}
 	}
+	if err := s.seed(ctx, seeds); err != nil {
+		_ = w.Stop()
+		return nil, err
+	}
+	go s.follow(ctx, w)
+	go s.runWork(ctx)
+	return s, nil
 }
 
 func (s *Endpoints) follow(ctx context.Context, w jetstream.KeyWatcher) {
@@ -298,6 +322,13 @@ func (s *Endpoints) Delete(ctx context.Context, id string) error {
 	// Applied at once, so this replica's next read does not find it; the delete's own
 	// revision is later than any write seen so far.
 	s.apply(id, jetstream.KeyValueDelete, nil, cur.rev+1)
+	// Its replay's progress and redelivery lease go too (a replay under way sees its
+	// state gone and stops).
+	for _, key := range []string{replayKey(id), redeliverKey(id)} {
+		if err := s.kv.Purge(ctx, key); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+			s.log.Warn("repair state of a deleted webhook endpoint not removed", "endpoint", id, "key", key, "err", err)
+		}
+	}
 	return nil
 }
 
