@@ -151,6 +151,10 @@ type definition struct {
 	RateLimit   RateLimit         `json:"rateLimit"`
 	Start       string            `json:"start"`
 	Paused      bool              `json:"paused"`
+
+	// The circuit breaker and the disabling after a long failure (breaker.go).
+	Breaker      Breaker   `json:"breaker"`
+	DisableAfter *Duration `json:"disableAfter"`
 }
 
 func decodeDefinition(body []byte) (Endpoint, error) {
@@ -171,6 +175,7 @@ func (d definition) endpoint() (Endpoint, error) {
 	ep := Endpoint{Description: d.Description, URL: d.URL, Headers: d.Headers, Auth: d.Auth, Types: d.Types,
 		MinLevel: d.MinLevel, Sources: d.Sources, Format: d.Format, Secrets: d.Secrets, Batch: d.Batch,
 		Timeout: d.Timeout, Retry: d.Retry, RateLimit: d.RateLimit, Start: d.Start, Paused: d.Paused}
+	ep.Breaker, ep.DisableAfter = d.Breaker, d.DisableAfter
 	if d.Secret != "" {
 		if len(d.Secrets) > 0 {
 			return Endpoint{}, &ValidationError{Problems: []string{"secret: give secret or secrets, not both"}}

@@ -22,6 +22,9 @@ type Config struct {
 	MaxRequestBytes int    `koanf:"max_request_bytes" help:"largest body of one webhook request, in bytes (at least 1 MiB: one event must always fit)"`
 	Source          string `koanf:"source" help:"the source named in the webhooker's own events (telemetry.webhook-delivered, -error, -disabled)"`
 
+	// DisableAfter is how long an endpoint may fail continuously (no 2xx) before it is
+	// disabled, for endpoints that do not say (their disableAfter; breaker.go).
+	DisableAfter time.Duration `koanf:"disable_after" help:"an endpoint failing continuously for longer is disabled, unless it sets its own disableAfter (1m to 2160h)"`
 	// Endpoints are declared in the configuration file as [[webhooker.endpoints]] tables,
 	// with the API's fields plus an id, and seeded into the bucket at start by every
 	// process that opens it. Only the file can declare them: a list of tables has no form
@@ -51,6 +54,9 @@ func (c *Config) setDefaults() {
 	if c.Source == "" {
 		c.Source = "mailpulse-webhooker"
 	}
+	if c.DisableAfter == 0 {
+		c.DisableAfter = DefaultDisableAfter
+	}
 	if c.Grace == 0 {
 		c.Grace = 15 * time.Second
 	}
@@ -73,6 +79,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Source == "" || len(c.Source) > 255 {
 		add("source", "want 1 to 255 characters")
+	}
+	if c.DisableAfter < minDisableAfter || c.DisableAfter > maxDisableAfter {
+		add("disable_after", "%s: want %s to %s", c.DisableAfter, minDisableAfter, maxDisableAfter)
 	}
 	if len(c.Endpoints) > 0 {
 		_, probs := c.seeds()

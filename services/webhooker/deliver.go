@@ -15,6 +15,7 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/tidwall/gjson"
 	"golang.org/x/time/rate"
 
@@ -37,6 +38,8 @@ const (
 	drainBytes = 64 << 10
 	// maxRecordedIDs bounds the event ids named in one delivery record.
 	maxRecordedIDs = 100
+	// statusTimeout bounds a write of the endpoint's status (breaker, disabling).
+	statusTimeout = 10 * time.Second
 )
 
 // errStopped ends a worker for good: its endpoint was disabled.
@@ -56,11 +59,20 @@ type worker struct {
 	limiter *rate.Limiter
 	signer  signer
 	log     *slog.Logger
+	// cb is the endpoint's circuit breaker as stored when the worker started (breaker.go);
+	// disableAfter is how long the endpoint may fail before it is disabled (0: never).
+	cb           *circuit
+	disableAfter time.Duration
+	breakerState prometheus.Gauge
 }
 
 func (s *Service) newWorker(p *plan) *worker {
+	policy := p.Breaker
+	policy.setDefaults() // an endpoint stored before breakers existed has none
 	w := &worker{s: s, p: p, durable: ConsumerName(p.ID), client: s.guard.Client(),
-		signer: newSigner(p.Format, p.Secrets), log: s.log.With("endpoint", p.ID)}
+		signer: newSigner(p.Format, p.Secrets), log: s.log.With("endpoint", p.ID),
+		cb: newCircuit(policy, p.Health), disableAfter: p.disableAfter(s.cfg.DisableAfter),
+		breakerState: s.m.breaker.WithLabelValues(p.ID)}
 	if p.RateLimit.PerSecond > 0 {
 		w.limiter = rate.NewLimiter(rate.Limit(p.RateLimit.PerSecond), max(p.RateLimit.Burst, 1))
 	}
@@ -124,12 +136,22 @@ func (w *worker) consumerConfig() jetstream.ConsumerConfig {
 
 func (w *worker) loop(ctx context.Context, cons jetstream.Consumer) error {
 	for ctx.Err() == nil {
+		// An open breaker fetches nothing until its probe is due: the endpoint's events
+		// wait in the log, the failed batch in the server (handed back until the probe).
+		if d := w.cb.blocked(w.s.now()); d > 0 {
+			w.breakerState.Set(float64(stateOpen))
+			if !sleep(ctx, d) {
+				return nil
+			}
+			continue
+		}
+		w.breakerState.Set(float64(w.cb.state))
 		// The rate limit is waited for before fetching, so that fetched events never
 		// wait on it (their ack wait runs from the fetch).
 		if w.limiter != nil && w.limiter.Wait(ctx) != nil {
 			return nil
 		}
-		msgs, ferr := w.fetch(cons)
+		msgs, ferr := w.fetch(ctx, cons)
 		if len(msgs) > 0 && ctx.Err() != nil {
 			w.nakAll(msgs2items(msgs), 0) // stopping: hand them back at once
 			return nil
@@ -159,19 +181,37 @@ func (w *worker) loop(ctx context.Context, cons jetstream.Consumer) error {
 // A pull is never abandoned: it ends when the server says so (batch complete, or expired).
 // Cancelling one client-side would leave the request waiting in the server, which would
 // hand the next events to a reader that is gone, and they would come back only after the
-// ack wait, out of order. A stop therefore waits for the pull under way (idleFetch at
-// most) and hands back what it brought.
-func (w *worker) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	first, err := collect(cons.Fetch(1, jetstream.FetchMaxWait(idleFetch)))
-	if err != nil || len(first) == 0 || w.p.Batch.MaxEvents == 1 || w.p.maxWait == 0 {
-		return first, err
+// ack wait, out of order. A stop therefore waits for the pull under way and hands back
+// what it brought. So that this wait stays short (idleFetch at most) however long the
+// endpoint's batch wait (up to a minute), a long wait is gathered in pulls of idleFetch at
+// most, and a stop ends the gathering between two.
+func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstream.Msg, error) {
+	msgs, err := collect(cons.Fetch(1, jetstream.FetchMaxWait(idleFetch)))
+	if err != nil || len(msgs) == 0 || w.p.Batch.MaxEvents == 1 || w.p.maxWait == 0 {
+		return msgs, err
 	}
-	budget := w.s.cfg.MaxRequestBytes - len(first[0].Data()) - 4096
-	if budget <= 0 {
-		return first, nil
+	budget := w.s.cfg.MaxRequestBytes - len(msgs[0].Data()) - 4096
+	deadline := time.Now().Add(max(w.p.maxWait, minBatchWait))
+	for len(msgs) < w.p.Batch.MaxEvents && budget > 0 && ctx.Err() == nil {
+		wait := min(time.Until(deadline), idleFetch)
+		if wait < minBatchWait {
+			break
+		}
+		want := w.p.Batch.MaxEvents - len(msgs)
+		start := time.Now()
+		rest, err := collect(cons.Fetch(want, jetstream.FetchMaxWait(wait), jetstream.FetchMaxBytes(budget)))
+		msgs = append(msgs, rest...)
+		if err != nil {
+			return msgs, err
+		}
+		if len(rest) < want && time.Since(start) < wait {
+			break // the pull ended before its time: the byte budget is spent
+		}
+		for _, m := range rest {
+			budget -= len(m.Data())
+		}
 	}
-	rest, err := collect(cons.Fetch(w.p.Batch.MaxEvents-1, jetstream.FetchMaxWait(max(w.p.maxWait, minBatchWait)), jetstream.FetchMaxBytes(budget)))
-	return append(first, rest...), err
+	return msgs, nil
 }
 
 // collect reads a pull's messages; running out of time or of messages is not an error.
@@ -239,8 +279,7 @@ func (w *worker) deliver(ctx context.Context, msgs []jetstream.Msg) (time.Durati
 	rec := record{attempt: attempt, events: len(items), res: res, ids: eventIDs(raws)}
 
 	status := res.status
-	switch {
-	case status >= 200 && status < 300:
+	if status >= 200 && status < 300 {
 		for _, it := range items {
 			if err := it.m.Ack(); err != nil {
 				w.log.Debug("ack failed; the event will be delivered again", "seq", it.seq, "err", err)
@@ -250,33 +289,42 @@ func (w *worker) deliver(ctx context.Context, msgs []jetstream.Msg) (time.Durati
 		if recorded {
 			w.s.record(ctx, w.p, outcomeDelivered, rec)
 		}
+		if w.cb.succeeded() {
+			w.saveHealth(ctx) // the probe succeeded: closed
+		}
+		return 0, nil
+	}
+	if res.err != nil && ctx.Err() != nil && !ssrf.IsBlocked(res.err) {
+		// Stopping: hand the batch back now, not after its delay, so that another replica
+		// or the next start takes it at once. The attempt did not count.
+		w.nakAll(items, 0)
 		return 0, nil
 	}
 	w.s.m.failed.WithLabelValues(w.p.ID).Inc()
-	switch {
-	case status == http.StatusGone:
+	if status == http.StatusGone {
 		// The receiver says the endpoint is gone for good: stop, and keep the events in
 		// the log for when someone resumes it.
 		w.nakAll(items, 0)
-		reason := "the endpoint answered 410 Gone"
-		if _, err := w.s.endpoints.Disable(context.WithoutCancel(ctx), w.p.ID, reason); err != nil {
-			w.log.Error("could not disable the endpoint after 410 Gone", "err", err)
-		}
-		w.log.Warn("webhook endpoint disabled", "reason", reason)
-		rec.reason = reason
-		w.s.record(ctx, w.p, outcomeDisabled, rec)
+		w.disable(ctx, rec, "the endpoint answered 410 Gone")
 		return 0, errStopped
+	}
+	now := w.s.now()
+	opened := w.cb.failed(now, attempt, now.Add(-w.p.Retry.elapsed(attempt)), res.describe())
+	if w.disableAfter > 0 && w.cb.failingFor(now) >= w.disableAfter {
+		// Failing for too long: disabled like a 410, whatever this batch's fate would
+		// have been; its events wait in the log with the others.
+		w.nakAll(items, 0)
+		w.disable(ctx, rec, w.failingTooLong(now))
+		return 0, errStopped
+	}
+	var wait time.Duration
+	switch {
 	case ssrf.IsBlocked(res.err):
 		rec.reason = "permanent failure: " + res.describe()
 		w.deadLetter(ctx, items, bus.Permanent(res.err))
 	case status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooEarly && status != http.StatusTooManyRequests:
 		rec.reason = "permanent failure: " + res.describe()
 		w.deadLetter(ctx, items, bus.Permanent(errors.New(res.describe())))
-	case res.err != nil && ctx.Err() != nil:
-		// Stopping: hand the batch back now, not after its delay, so that another replica
-		// or the next start takes it at once. The attempt did not count.
-		w.nakAll(items, 0)
-		return 0, nil
 	default:
 		next := jitter(w.p.Retry.nominal(attempt))
 		if status == http.StatusTooManyRequests || status == http.StatusServiceUnavailable {
@@ -284,23 +332,94 @@ func (w *worker) deliver(ctx context.Context, msgs []jetstream.Msg) (time.Durati
 				next = d
 			}
 		}
+		// An open breaker holds the batch in the server until its probe.
+		next = max(next, w.cb.openFor(now))
 		if w.p.Retry.giveUp(attempt, next) {
+			if w.disableAfter > 0 && w.cb.failingFor(now.Add(next)) >= w.disableAfter {
+				// The endpoint would be disabled before the batch's next attempt anyway:
+				// the endpoint, failing all along, is what failed, not the batch. Keep the
+				// batch in the log, where resuming finds it, rather than in the dead
+				// letters.
+				w.nakAll(items, 0)
+				w.disable(ctx, rec, w.failingTooLong(now))
+				return 0, errStopped
+			}
 			rec.reason = fmt.Sprintf("gave up after %d attempts: %s", attempt, res.describe())
 			w.deadLetter(ctx, items, fmt.Errorf("gave up after %d attempts: %s", attempt, res.describe()))
 			break
 		}
 		w.nakAll(items, next)
 		w.s.m.retried.WithLabelValues(w.p.ID).Add(float64(len(items)))
-		rec.reason, rec.next = res.describe(), next
-		if recorded {
-			w.s.record(ctx, w.p, outcomeError, rec)
-		}
-		return next, nil
+		rec.reason, rec.next, wait = res.describe(), next, next
 	}
 	if recorded {
 		w.s.record(ctx, w.p, outcomeError, rec)
 	}
-	return 0, nil
+	if opened {
+		w.saveHealth(ctx) // once the batch is settled
+	}
+	return wait, nil
+}
+
+// failingTooLong is the reason of a disabling after a long failure.
+func (w *worker) failingTooLong(now time.Time) string {
+	return fmt.Sprintf("failing continuously since %s (%s, disableAfter %s); last: %s",
+		w.cb.since.UTC().Format(time.RFC3339), w.cb.failingFor(now).Round(time.Second), w.disableAfter, w.cb.lastErr)
+}
+
+// saveHealth writes a transition of the breaker in the endpoint, for the API and the other
+// replicas (breaker.go). The write restarts the endpoint's workers, which start from it.
+// One that fails only costs the others' view: this worker goes on with its own.
+func (w *worker) saveHealth(ctx context.Context) {
+	h := w.cb.health()
+	w.breakerState.Set(float64(w.cb.state))
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
+	defer cancel()
+	err := w.s.endpoints.writeStatus(wctx, w.p.ID, w.p.UpdatedAt, func(ep *Endpoint) { ep.Health = h })
+	switch {
+	case errors.Is(err, errChanged) || errors.Is(err, ErrNotFound):
+		w.log.Debug("breaker state not stored: the endpoint changed meanwhile", "breaker", h.Breaker)
+	case err != nil:
+		w.log.Warn("breaker state not stored", "breaker", h.Breaker, "err", err)
+	case h.Breaker == BreakerOpen:
+		w.log.Warn("webhook endpoint failing: circuit breaker open, nothing fetched until the probe",
+			"failing_since", h.FailingSince, "probe_at", h.ProbeAt, "last_error", h.LastError)
+	default:
+		w.log.Info("webhook endpoint answering again: circuit breaker closed")
+	}
+}
+
+// disable stops deliveries to the endpoint until it is resumed, with the reason, and
+// records it. Its health is cleared with it: a resumed endpoint starts afresh. Nothing is
+// disabled if the endpoint changed since the worker started (someone updated, paused or
+// resumed it: the worker is restarted with that version).
+func (w *worker) disable(ctx context.Context, rec record, reason string) {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), statusTimeout)
+	defer cancel()
+	now := w.s.now().UTC()
+	err := w.s.endpoints.writeStatus(wctx, w.p.ID, w.p.UpdatedAt, func(ep *Endpoint) {
+		ep.Disabled, ep.DisabledReason, ep.DisabledAt = true, reason, &now
+		ep.Health = Health{Breaker: BreakerClosed}
+		ep.UpdatedAt = now
+	})
+	switch {
+	case errors.Is(err, errChanged) || errors.Is(err, ErrNotFound):
+		w.log.Info("webhook endpoint not disabled: it changed meanwhile", "reason", reason)
+		rec.reason = reason + "; not disabled: the endpoint changed meanwhile"
+		w.s.record(ctx, w.p, outcomeError, rec)
+		return
+	case err != nil:
+		// Not disabled: the worker ends, is started again by the next reconciliation, and
+		// its next attempt decides again.
+		w.log.Error("could not disable the webhook endpoint", "reason", reason, "err", err)
+		rec.reason = reason + "; not disabled: " + err.Error()
+		w.s.record(ctx, w.p, outcomeError, rec)
+		return
+	}
+	w.breakerState.Set(float64(stateClosed))
+	w.log.Warn("webhook endpoint disabled", "reason", reason)
+	rec.reason = reason
+	w.s.record(ctx, w.p, outcomeDisabled, rec)
 }
 
 // match decides whether an event of the log goes to the endpoint: its type (the subject
@@ -411,19 +530,26 @@ func (w *worker) nakAll(items []item, delay time.Duration) {
 
 // deadLetter keeps the items in DLQ_WEBHOOKER (subject dlq.webhooker.webhook-<id>) with
 // the reason, and acknowledges them. One the dead-letter stream refuses is handed back to
-// be tried again later rather than lost.
+// be tried again later rather than lost, and so are the rest of the batch, untried: each
+// store can take its full timeout, and a batch of them would hold the endpoint, and a
+// stop, for as many.
 func (w *worker) deadLetter(ctx context.Context, items []item, reason error) {
 	dctx := context.WithoutCancel(ctx)
-	for _, it := range items {
+	for i, it := range items {
 		if err := bus.DeadLetter(dctx, w.s.js, "webhooker", w.durable, it.m.Subject(), it.seq, it.m.Data(), reason); err != nil {
-			w.log.Warn("dead letter not stored; the event will be tried again", "seq", it.seq, "err", err)
-			_ = it.m.NakWithDelay(w.p.Retry.Initial.D())
-			continue
+			w.log.Warn("dead letters not stored; the events will be tried again", "events", len(items)-i, "seq", it.seq, "err", err)
+			w.nakAll(items[i:], w.p.Retry.Initial.D())
+			items = items[:i]
+			break
 		}
 		w.s.m.dead.WithLabelValues(w.p.ID).Inc()
-		_ = it.m.Ack()
+		if err := it.m.Ack(); err != nil {
+			w.log.Debug("ack failed; the event will be delivered again (its dead letter is deduplicated)", "seq", it.seq, "err", err)
+		}
 	}
-	w.log.Warn("events sent to the dead letters", "events", len(items), "reason", reason)
+	if len(items) > 0 {
+		w.log.Warn("events sent to the dead letters", "events", len(items), "reason", reason)
+	}
 }
 
 func msgs2items(msgs []jetstream.Msg) []item {

@@ -126,6 +126,10 @@ type Endpoint struct {
 	Timeout   Duration  `json:"timeout"`
 	Retry     Retry     `json:"retry"`
 	RateLimit RateLimit `json:"rateLimit"`
+	Breaker   Breaker   `json:"breaker"`
+	// DisableAfter: an endpoint failing continuously for longer is disabled (breaker.go).
+	// Absent: the webhooker's disable_after; 0: never.
+	DisableAfter *Duration `json:"disableAfter,omitempty"`
 
 	// Start is where a new endpoint starts reading the log: "now", "beginning", or an RFC
 	// 3339 time (a backfill). It applies once, when its consumer is created.
@@ -137,6 +141,9 @@ type Endpoint struct {
 	DisabledAt     *time.Time `json:"disabledAt,omitempty"`
 	CreatedAt      time.Time  `json:"createdAt"`
 	UpdatedAt      time.Time  `json:"updatedAt"`
+
+	// Health is written by the webhookers on the breaker's transitions (breaker.go).
+	Health Health `json:"health"`
 }
 
 // Defaults and bounds of an endpoint.
@@ -193,6 +200,7 @@ func (e *Endpoint) setDefaults() {
 	if e.Retry.MaxAge == 0 {
 		e.Retry.MaxAge = Duration(DefaultMaxAge)
 	}
+	e.Breaker.setDefaults()
 	if e.RateLimit.PerSecond > 0 && e.RateLimit.Burst == 0 {
 		e.RateLimit.Burst = 1
 	}
@@ -329,6 +337,7 @@ func (e Endpoint) compile(g *ssrf.Guard) (*plan, error) {
 	if r := e.RateLimit; r.PerSecond < 0 || r.PerSecond > 10000 || math.IsNaN(r.PerSecond) || r.Burst < 0 || r.Burst > 10000 {
 		bad("rateLimit: perSecond 0 (none) to 10000, burst 0 to 10000")
 	}
+	probs = append(probs, e.checkHealthPolicy()...)
 
 	switch e.Start {
 	case "now", "beginning":

@@ -14,7 +14,12 @@ import (
 // restarted webhooker, or another replica, therefore continues the schedule where it was.
 // The time a batch has been retried is computed from that count (the sum of the nominal
 // delays before it), not from a clock kept in memory; a crash between attempts (an ack
-// wait expiry, which counts as a delivery) only makes it look older, never younger.
+// wait expiry, which counts as a delivery) only makes it look older. An open circuit
+// breaker can hold a batch longer than its nominal delay (until the probe, breaker.go) and
+// so make it look younger than it is. With the default policies it never does (the delay
+// after the 5th attempt, when the breaker opens, is 80 s to its 30 s, and both double),
+// and an endpoint failing all along is disabled after disableAfter, whatever its batches'
+// age.
 
 // maxRetryAfter bounds how long a Retry-After can hold an endpoint's deliveries.
 const maxRetryAfter = 24 * time.Hour

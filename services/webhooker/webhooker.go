@@ -79,7 +79,7 @@ func New(cfg Config, deps Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	m, err := newMetrics(deps.Registry)
+	m, err := newMetrics(deps.Registry, js)
 	if err != nil {
 		return nil, fmt.Errorf("webhooker metrics: %w", err)
 	}
