@@ -64,6 +64,9 @@ type worker struct {
 	cb           *circuit
 	disableAfter time.Duration
 	breakerState prometheus.Gauge
+	// full: the last batch was full, so the log likely holds more; the next fetch then
+	// asks for a whole batch in one pull.
+	full bool
 }
 
 func (s *Service) newWorker(p *plan) *worker {
@@ -185,8 +188,19 @@ func (w *worker) loop(ctx context.Context, cons jetstream.Consumer) error {
 // what it brought. So that this wait stays short (idleFetch at most) however long the
 // endpoint's batch wait (up to a minute), a long wait is gathered in pulls of idleFetch at
 // most, and a stop ends the gathering between two.
-func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	msgs, err := collect(cons.Fetch(1, jetstream.FetchMaxWait(idleFetch)))
+func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer) (msgs []jetstream.Msg, err error) {
+	defer func() { w.full = len(msgs) >= w.p.Batch.MaxEvents }()
+	if w.full && w.p.maxWait > 0 {
+		// Catching up: one pull for a whole batch (a pull for the first event and another
+		// for the rest cost a third of the throughput). It waits no longer than the batch
+		// wait from now, within idleFetch; an empty answer falls back to waiting.
+		wait := min(max(w.p.maxWait, minBatchWait), idleFetch)
+		msgs, err = collect(cons.Fetch(w.p.Batch.MaxEvents, jetstream.FetchMaxWait(wait), jetstream.FetchMaxBytes(w.s.cfg.MaxRequestBytes-4096)))
+		if err != nil || len(msgs) > 0 {
+			return msgs, err
+		}
+	}
+	msgs, err = collect(cons.Fetch(1, jetstream.FetchMaxWait(idleFetch)))
 	if err != nil || len(msgs) == 0 || w.p.Batch.MaxEvents == 1 || w.p.maxWait == 0 {
 		return msgs, err
 	}

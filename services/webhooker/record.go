@@ -8,6 +8,7 @@ import (
 
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Delivery records are events of the telemetry group, published to the log like any other,
@@ -36,7 +37,7 @@ type record struct {
 
 // record publishes a delivery record. A record that cannot be published is counted and
 // dropped: the delivery it describes is settled already, and holding it would hold the
-// endpoint.
+// endpoint. Records of successes are not waited for; errors and disablings are.
 func (s *Service) record(ctx context.Context, p *plan, typ string, r record) {
 	level := event.Info
 	switch typ {
@@ -63,6 +64,13 @@ func (s *Service) record(ctx context.Context, p *plan, typ string, r record) {
 	}
 	now := time.Now().UTC()
 	e := event.Event{ID: s.ids.New(now), CreatedAt: now, Type: typ, Level: level, Source: s.cfg.Source, Data: b.Data()}
+	if typ == outcomeDelivered && s.records != nil {
+		// The hot path: not waited for (PublishAsync's error handler counts a refusal).
+		if _, err := s.records.PublishAsync(bus.EventSubject(e.Type), e.AppendJSON(nil), jetstream.WithMsgID(e.ID)); err != nil {
+			s.m.outcomeDropped.Inc()
+		}
+		return
+	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := s.pub.Publish(pctx, bus.Msg{Subject: bus.EventSubject(e.Type), ID: e.ID, Data: e.AppendJSON(nil)}); err != nil {
