@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -241,8 +242,9 @@ func hookEvents(typ string, n int, at func(i int) time.Time) []event.Event {
 	return evs
 }
 
-// paced publishes count events of typ at rate per second, each stamped when it is sent.
-func (b *hookBench) paced(typ string, rate int, d time.Duration) (int, error) {
+// paced publishes events of typ at rate per second for d, each stamped when it is sent,
+// counting them in progress when it is not nil.
+func (b *hookBench) paced(typ string, rate int, d time.Duration, progress *atomic.Int64) (int, error) {
 	tick := 10 * time.Millisecond
 	per := max(rate/100, 1)
 	t := time.NewTicker(tick)
@@ -262,6 +264,9 @@ func (b *hookBench) paced(typ string, rate int, d time.Duration) (int, error) {
 				return sent, err
 			}
 			sent++
+			if progress != nil {
+				progress.Add(1)
+			}
 		}
 	}
 	select {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -115,7 +116,7 @@ func (b *hookBench) fanout(out io.Writer, endpoints, rate int, d time.Duration) 
 			before[i] = r.count()
 			r.latencies()
 		}
-		sent, err := b.paced("bench.fan", rate, d)
+		sent, err := b.paced("bench.fan", rate, d, nil)
 		if err != nil {
 			return 0, err
 		}
@@ -167,7 +168,10 @@ func (b *hookBench) fanout(out io.Writer, endpoints, rate int, d time.Duration) 
 }
 
 // catchUp: an endpoint down (503, Retry-After: 1) for outage while events come at 1,000/s;
-// then up: how fast it catches up, as a multiple of the live rate (target ≥ 10×).
+// then up: how fast it catches up, from its first delivery after the outage until it has
+// everything but the last second, as a multiple of the live rate (target ≥ 10×). Its breaker
+// probes every second or two, so that the phase measures catching up, not the breaker's
+// cool-down (30 s doubling to 10 min by default), which is reported apart.
 func (b *hookBench) catchUp(out io.Writer, outage time.Duration) error {
 	const live = 1000
 	rcv := newHookReceiver()
@@ -178,33 +182,39 @@ func (b *hookBench) catchUp(out io.Writer, outage time.Duration) error {
 		return true
 	})
 	if _, err := b.endpoint(map[string]any{"url": rcv.srv.URL, "types": []string{"bench.outage"}, "format": "standard",
-		"batch": map[string]any{"maxEvents": 1000, "maxWait": "100ms"}, "retry": map[string]any{"initial": "1s", "max": "2s"}}); err != nil {
+		"batch": map[string]any{"maxEvents": 1000, "maxWait": "100ms"}, "retry": map[string]any{"initial": "1s", "max": "2s"},
+		"breaker": map[string]any{"failures": 5, "cooldown": "1s", "maxCooldown": "2s"}}); err != nil {
 		return err
 	}
 	type result struct {
 		sent int
 		err  error
 	}
+	var sent atomic.Int64
 	done := make(chan result, 1)
-	total := outage + 30*time.Second // the outage, then live traffic while it catches up
-	go func() { n, err := b.paced("bench.outage", live, total); done <- result{n, err} }()
+	total := outage + 60*time.Second // the outage, then live traffic while it catches up
+	go func() { n, err := b.paced("bench.outage", live, total, &sent); done <- result{n, err} }()
 	time.Sleep(outage) // the outage: every attempt is refused until it ends
-	rcv.setMode(nil)
+	rcv.mu.Lock()
+	rcv.mode, rcv.first = nil, time.Time{}
+	rcv.mu.Unlock()
 	up := time.Now()
-	backlog := live * int(outage/time.Second)
-	// Caught up: the receiver has everything but the last second of live traffic.
-	if !poll.Wait(total, func() bool { return rcv.count() >= backlog+live*int(time.Since(up)/time.Second)-live }) {
-		return fmt.Errorf("not caught up: %d events received", rcv.count())
+	if !poll.Wait(total, func() bool { return rcv.count() > 0 && int64(rcv.count()) >= sent.Load()-live }) {
+		return fmt.Errorf("not caught up within %v: %d of %d events received", total, rcv.count(), sent.Load())
 	}
-	took := time.Since(up)
+	caught := time.Now()
 	got := rcv.count()
-	r := <-done
-	if r.err != nil {
+	rcv.mu.Lock()
+	first := rcv.first
+	rcv.mu.Unlock()
+	if r := <-done; r.err != nil {
 		return r.err
 	}
+	took := caught.Sub(first)
 	rate := float64(got) / took.Seconds()
-	fmt.Fprintf(out, "catch-up after %v down at %d/s: %d events in %.1f s after it came back, %.0f events/s = %.1f× the live rate (target ≥ 10×)\n",
-		outage, live, got, took.Seconds(), rate, rate/live)
+	whole := float64(got) / caught.Sub(up).Seconds()
+	fmt.Fprintf(out, "catch-up after %v down at %d/s: first delivery %.1f s after it came back, then %d events in %.1f s, %.0f events/s = %.1f× the live rate (target ≥ 10×); counted from its return, %.1f×\n",
+		outage, live, first.Sub(up).Seconds(), got, took.Seconds(), rate, rate/live, whole/live)
 	return nil
 }
 
