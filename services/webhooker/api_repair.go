@@ -591,11 +591,11 @@ func (s *Service) redeliver(ctx context.Context, p *plan, limit int, chosen []de
 			res.Failed += len(batch)
 			res.Error = r.describe()
 			rec.reason = "redelivery of dead letters stopped: " + r.describe()
-			s.recordRepair(ctx, p, outcomeError, rec, kindRedeliver, "")
+			s.record(ctx, p, outcomeError, withKind(rec, kindRedeliver, ""))
 			break
 		}
 		res.Sent += len(batch)
-		s.recordRepair(ctx, p, outcomeDelivered, rec, kindRedeliver, "")
+		s.record(ctx, p, outcomeDelivered, withKind(rec, kindRedeliver, ""))
 		for _, d := range batch {
 			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 			err := str.DeleteMsg(dctx, d.Seq)
@@ -710,48 +710,8 @@ func (a *API) test(c *fiber.Ctx) error {
 	if r.err != nil {
 		out.Error = r.err.Error()
 	}
-	a.svc.recordRepair(ctx, p, typ, rec, kindTest, "")
+	a.svc.record(ctx, p, typ, withKind(rec, kindTest, ""))
 	return c.JSON(out)
-}
-
-// ---- records ----
-
-// recordRepair publishes the record of a repair route's attempt: the fields record
-// (record.go) writes, plus kind and, for a replay, job. It is record's twin rather than a
-// change to it, so the delivery path stays as it is; merge them when convenient.
-func (s *Service) recordRepair(ctx context.Context, p *plan, typ string, r record, kind, job string) {
-	level := event.Info
-	if typ == outcomeError {
-		level = event.Warn
-	}
-	var b event.Builder
-	b.Str("endpoint", p.ID).Str("url", redactURL(p.URL))
-	if r.res.status != 0 {
-		b.Int("code", int64(r.res.status))
-	}
-	b.Int("elapsed", r.res.elapsed.Milliseconds()).Int("attempt", int64(r.attempt)).Int("total", int64(r.events))
-	b.Strs("eventIds", r.ids)
-	if r.res.snippet != "" {
-		b.Str("contents", r.res.snippet)
-	}
-	if r.reason != "" {
-		b.Str("reason", r.reason)
-	}
-	if r.next > 0 {
-		b.Int("nextRetry", r.next.Milliseconds())
-	}
-	b.Str("kind", kind)
-	if job != "" {
-		b.Str("job", job)
-	}
-	now := time.Now().UTC()
-	e := event.Event{ID: s.ids.New(now), CreatedAt: now, Type: typ, Level: level, Source: s.cfg.Source, Data: b.Data()}
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	if err := s.pub.Publish(pctx, bus.Msg{Subject: bus.EventSubject(e.Type), ID: e.ID, Data: e.AppendJSON(nil)}); err != nil {
-		s.m.outcomeDropped.Inc()
-		s.log.Debug("delivery record not published", "endpoint", p.ID, "type", typ, "err", err)
-	}
 }
 
 // replayPlan is p for sending events again: its requests carry webhook-replay: true.
@@ -763,4 +723,10 @@ func replayPlan(p *plan) *plan {
 	}
 	rp.Headers[HeaderReplay] = "true"
 	return &rp
+}
+
+// withKind marks a repair route's record.
+func withKind(r record, kind, job string) record {
+	r.kind, r.job = kind, job
+	return r
 }

@@ -33,6 +33,9 @@ type record struct {
 	res     result
 	reason  string        // why it failed, what became of the batch
 	next    time.Duration // when it is tried again (0: it is not)
+	// kind names what was not a delivery of the log (a repair route's: replay, redeliver,
+	// test), and job the replay it belongs to.
+	kind, job string
 }
 
 // record publishes a delivery record. A record that cannot be published is counted and
@@ -62,9 +65,15 @@ func (s *Service) record(ctx context.Context, p *plan, typ string, r record) {
 	if r.next > 0 {
 		b.Int("nextRetry", r.next.Milliseconds())
 	}
+	if r.kind != "" {
+		b.Str("kind", r.kind)
+	}
+	if r.job != "" {
+		b.Str("job", r.job)
+	}
 	now := time.Now().UTC()
 	e := event.Event{ID: s.ids.New(now), CreatedAt: now, Type: typ, Level: level, Source: s.cfg.Source, Data: b.Data()}
-	if typ == outcomeDelivered && s.records != nil {
+	if typ == outcomeDelivered && r.kind == "" && s.records != nil {
 		// The hot path: not waited for (PublishAsync's error handler counts a refusal).
 		if _, err := s.records.PublishAsync(bus.EventSubject(e.Type), e.AppendJSON(nil), jetstream.WithMsgID(e.ID)); err != nil {
 			s.m.outcomeDropped.Inc()

@@ -473,7 +473,7 @@ func (r *replayRun) send(ctx context.Context, w *worker, ch chunk) error {
 		if res.status >= 200 && res.status < 300 {
 			r.job.Sent += len(ch.raws)
 			if recorded {
-				r.s.recordRepair(ctx, p, outcomeDelivered, rec, kindReplay, r.job.ID)
+				r.s.record(ctx, p, outcomeDelivered, withKind(rec, kindReplay, r.job.ID))
 			}
 			return nil
 		}
@@ -487,7 +487,7 @@ func (r *replayRun) send(ctx context.Context, w *worker, ch chunk) error {
 		if permanent || attempt >= tries {
 			rec.reason = "replay stopped: " + res.describe()
 			if recorded {
-				r.s.recordRepair(ctx, p, outcomeError, rec, kindReplay, r.job.ID)
+				r.s.record(ctx, p, outcomeError, withKind(rec, kindReplay, r.job.ID))
 			}
 			how := "a permanent failure"
 			if !permanent {
@@ -504,7 +504,7 @@ func (r *replayRun) send(ctx context.Context, w *worker, ch chunk) error {
 		next = min(next, replayMaxWait)
 		rec.reason, rec.next = res.describe(), next
 		if recorded {
-			r.s.recordRepair(ctx, p, outcomeError, rec, kindReplay, r.job.ID)
+			r.s.record(ctx, p, outcomeError, withKind(rec, kindReplay, r.job.ID))
 		}
 		if err := r.save(ctx); err != nil {
 			return err
