@@ -221,6 +221,14 @@ func (h *hookReceiver) setMode(m func(w http.ResponseWriter, r *http.Request) bo
 	h.mu.Unlock()
 }
 
+// reset forgets the events received so far (a run's maps would otherwise grow into the
+// next run's garbage collections, and its latencies).
+func (h *hookReceiver) reset() {
+	h.mu.Lock()
+	h.ids, h.lat = map[string]bool{}, nil
+	h.mu.Unlock()
+}
+
 // latencies returns and forgets the latencies recorded so far.
 func (h *hookReceiver) latencies() []time.Duration {
 	h.mu.Lock()
