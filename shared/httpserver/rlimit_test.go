@@ -20,6 +20,7 @@ import (
 
 	"github.com/gofiber/fiber/v2"
 
+	"github.com/mailpulse/mailpulse/shared/debtest"
 	"github.com/mailpulse/mailpulse/shared/httpserver"
 	"github.com/mailpulse/mailpulse/shared/poll"
 )
@@ -78,10 +79,7 @@ func (s *syncBuffer) String() string {
 
 func helper(t *testing.T, mode, nofile string) (*exec.Cmd, *bufio.Reader, io.WriteCloser, *syncBuffer) {
 	t.Helper()
-	prlimit, err := exec.LookPath("prlimit")
-	if err != nil {
-		t.Skip("prlimit (util-linux) is not installed")
-	}
+	prlimit := debtest.Command(t, "prlimit", "util-linux") // never skipped: installed when missing
 	cmd := exec.Command(prlimit, "--nofile="+nofile, os.Args[0], "-test.run=^TestHelperProcess$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+mode)
 	stderr := &syncBuffer{}
