@@ -87,47 +87,20 @@ func OpenEndpoints(ctx context.Context, js jetstream.JetStream, cfg Config, log 
 	if err != nil {
 		return nil, fmt.Errorf("watch webhooks: %w", err)
 	}
-	// The watcher delivers every current entry, then a nil marker.
-	for loaded := false; !loaded; {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, errors.New("watch webhooks: watcher closed")
-			}
-			if e == nil {
-				loaded = true
-				break
-			}
-			s.apply(e.Key(), e.Operation(), e.Value(), e.Revision())
-		case <-ctx.Done():
-			_ = w.Stop()
-			return nil, ctx.Err()
-		}
+	if err := bus.LoadWatch(ctx, w, s.applyEntry); err != nil {
+		return nil, fmt.Errorf("watch webhooks: %w", err)
 	}
 	if err := s.seed(ctx, seeds); err != nil {
 		_ = w.Stop()
 		return nil, err
 	}
-	go s.follow(ctx, w)
+	go bus.FollowWatch(ctx, w, s.applyEntry)
 	go s.runWork(ctx)
 	return s, nil
 }
 
-func (s *Endpoints) follow(ctx context.Context, w jetstream.KeyWatcher) {
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return
-			}
-			if e != nil {
-				s.apply(e.Key(), e.Operation(), e.Value(), e.Revision())
-			}
-		case <-ctx.Done():
-			return
-		}
-	}
+func (s *Endpoints) applyEntry(e jetstream.KeyValueEntry) {
+	s.apply(e.Key(), e.Operation(), e.Value(), e.Revision())
 }
 
 // apply records a change of the bucket. Changes older than what is held (a local write

@@ -24,6 +24,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -96,40 +97,11 @@ func Open(ctx context.Context, kv jetstream.KeyValue, log *slog.Logger) (*Store,
 	if err != nil {
 		return nil, fmt.Errorf("watch keys: %w", err)
 	}
-	// The watcher delivers every current entry, then a nil marker.
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return nil, errors.New("watch keys: watcher closed")
-			}
-			if e == nil {
-				go s.follow(ctx, w)
-				return s, nil
-			}
-			s.apply(e)
-		case <-ctx.Done():
-			_ = w.Stop()
-			return nil, ctx.Err()
-		}
+	if err := bus.LoadWatch(ctx, w, s.apply); err != nil {
+		return nil, fmt.Errorf("watch keys: %w", err)
 	}
-}
-
-func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher) {
-	defer func() { _ = w.Stop() }()
-	for {
-		select {
-		case e, ok := <-w.Updates():
-			if !ok {
-				return
-			}
-			if e != nil {
-				s.apply(e)
-			}
-		case <-ctx.Done():
-			return
-		}
-	}
+	go bus.FollowWatch(ctx, w, s.apply)
+	return s, nil
 }
 
 func (s *Store) apply(e jetstream.KeyValueEntry) {
