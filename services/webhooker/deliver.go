@@ -86,6 +86,7 @@ func (s *Service) newWorker(p *plan) *worker {
 // NATS failures.
 func (w *worker) run(ctx context.Context) {
 	defer w.client.CloseIdleConnections()
+	defer w.unpin()
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval, bo.MaxInterval = 200*time.Millisecond, 10*time.Second
 	for ctx.Err() == nil {
@@ -120,6 +121,14 @@ func (w *worker) consumerConfig() jetstream.ConsumerConfig {
 		AckWait:        w.p.maxWait + w.p.Timeout.D() + 5*time.Second,
 		MaxAckPending:  w.p.Batch.MaxEvents,
 		MaxDeliver:     -1, // the retry policy decides when to give up, not the server
+		// One replica at a time pulls (JetStream pins the consumer to it): two replicas'
+		// pulls would split a batch smaller than the batch size between them, and send it
+		// out of order. The pin passes to another replica when the pinned one has not
+		// pulled for PinnedTTL: longer than a request and a batch wait, so that a slow
+		// request never hands it over midway.
+		PriorityPolicy: jetstream.PriorityPolicyPinned,
+		PriorityGroups: []string{PriorityGroup},
+		PinnedTTL:      w.p.maxWait + w.p.Timeout.D() + pinSlack,
 	}
 	// "now" is the endpoint's creation, not the moment a worker first gets to it: the
 	// events between the 201 and the consumer's creation (or all those since, for an
@@ -195,12 +204,12 @@ func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer) (msgs []jet
 		// for the rest cost a third of the throughput). It waits no longer than the batch
 		// wait from now, within idleFetch; an empty answer falls back to waiting.
 		wait := min(max(w.p.maxWait, minBatchWait), idleFetch)
-		msgs, err = collect(cons.Fetch(w.p.Batch.MaxEvents, jetstream.FetchMaxWait(wait), jetstream.FetchMaxBytes(w.s.cfg.MaxRequestBytes-4096)))
+		msgs, err = collect(cons.Fetch(w.p.Batch.MaxEvents, jetstream.FetchMaxWait(wait), jetstream.FetchMaxBytes(w.s.cfg.MaxRequestBytes-4096), pinned))
 		if err != nil || len(msgs) > 0 {
 			return msgs, err
 		}
 	}
-	msgs, err = collect(cons.Fetch(1, jetstream.FetchMaxWait(idleFetch)))
+	msgs, err = collect(cons.Fetch(1, jetstream.FetchMaxWait(idleFetch), pinned))
 	if err != nil || len(msgs) == 0 || w.p.Batch.MaxEvents == 1 || w.p.maxWait == 0 {
 		return msgs, err
 	}
@@ -213,7 +222,7 @@ func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer) (msgs []jet
 		}
 		want := w.p.Batch.MaxEvents - len(msgs)
 		start := time.Now()
-		rest, err := collect(cons.Fetch(want, jetstream.FetchMaxWait(wait), jetstream.FetchMaxBytes(budget)))
+		rest, err := collect(cons.Fetch(want, jetstream.FetchMaxWait(wait), jetstream.FetchMaxBytes(budget), pinned))
 		msgs = append(msgs, rest...)
 		if err != nil {
 			return msgs, err
@@ -228,7 +237,33 @@ func (w *worker) fetch(ctx context.Context, cons jetstream.Consumer) (msgs []jet
 	return msgs, nil
 }
 
-// collect reads a pull's messages; running out of time or of messages is not an error.
+// unpin lets another worker (this endpoint's next one on this replica, after a change of
+// the endpoint, or one on another replica) take the consumer at once rather than after
+// PinnedTTL. Best effort: were it lost, the pin expires.
+func (w *worker) unpin() {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	st, err := w.s.js.Stream(ctx, bus.StreamEvents)
+	if err != nil {
+		return
+	}
+	if err := st.UnpinConsumer(ctx, w.durable, PriorityGroup); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		w.log.Debug("consumer not unpinned; the pin will expire", "err", err)
+	}
+}
+
+// PriorityGroup is the priority group of the endpoints' consumers: a pull on one must name
+// it (pinned does).
+const PriorityGroup = "webhook"
+
+var pinned = jetstream.FetchPriorityGroup(PriorityGroup)
+
+// pinSlack is how much longer than a request and a batch wait the pin outlives a replica's
+// silence: two idle pulls' worth.
+const pinSlack = 2*idleFetch + time.Second
+
+// collect reads a pull's messages; running out of time or of messages is not an error, nor
+// is another replica holding the pin (this one waits for it).
 func collect(mb jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
@@ -237,7 +272,7 @@ func collect(mb jetstream.MessageBatch, err error) ([]jetstream.Msg, error) {
 	for m := range mb.Messages() {
 		msgs = append(msgs, m)
 	}
-	if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) &&
+	if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, jetstream.ErrPinIDMismatch) &&
 		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 		return msgs, fmt.Errorf("fetch: %w", err)
 	}

@@ -220,7 +220,7 @@ func TestStopDuringALongBatchWaitIsPrompt(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mb, err := cons.Fetch(3, jetstream.FetchMaxWait(5*time.Second))
+	mb, err := cons.Fetch(3, jetstream.FetchMaxWait(5*time.Second), jetstream.FetchPriorityGroup(webhooker.PriorityGroup))
 	if err != nil {
 		t.Fatal(err)
 	}
