@@ -52,12 +52,15 @@ func webhooks(args []string, out io.Writer) error {
 		return err
 	}
 	defer b.close()
-	fmt.Fprintf(out, "webhooker: pid %d (its own process), NATS and receivers in this one; RSS at start %s\n", b.wh.pid(), mib(b.rss()))
 	if !skipped["throughput"] {
 		if err := b.throughput(out, *drain); err != nil {
 			return fmt.Errorf("throughput: %w", err)
 		}
 	}
+	if err := b.startWebhooker(); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "webhooker: pid %d (its own process), NATS and receivers in this one; RSS at start %s\n", b.wh.pid(), mib(b.rss()))
 	if !skipped["fanout"] {
 		if err := b.fanout(out, *endpoints, *rate, time.Duration(*seconds)*time.Second); err != nil {
 			return fmt.Errorf("fan-out: %w", err)
@@ -84,6 +87,11 @@ type hookBench struct {
 	base  string // the webhooker's API
 	admin string
 	dir   string
+	// tcp is a connection over the server's TCP listener, as the webhooker's: the raw
+	// baseline pays the same network costs as what it is compared with.
+	tcp     jetstream.JetStream
+	tcpConn *nats.Conn
+	pass    string // the NATS password of the TCP listener
 }
 
 func startHookBench() (*hookBench, error) {
@@ -93,6 +101,7 @@ func startHookBench() (*hookBench, error) {
 	}
 	b := &hookBench{dir: dir, admin: randomKey()}
 	pass := randomKey()
+	b.pass = pass
 	hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.MinCost)
 	if err != nil {
 		return nil, err
@@ -113,25 +122,38 @@ func startHookBench() (*hookBench, error) {
 		b.close()
 		return nil, err
 	}
-	addr, err := freeAddr()
+	tcp, err := nats.Connect("nats://127.0.0.1:"+strconv.Itoa(b.srv.Port()), nats.UserInfo("bench", pass))
 	if err != nil {
 		b.close()
 		return nil, err
 	}
-	b.base = "http://" + addr
-	b.wh, err = startChild([]string{"webhooker"}, []string{"MAILPULSE_NATS_URL=nats://127.0.0.1:" + strconv.Itoa(b.srv.Port()), "MAILPULSE_NATS_USER=bench",
-		"MAILPULSE_NATS_PASSWORD=" + pass, "MAILPULSE_WEBHOOKER_ADDR=" + addr, "MAILPULSE_WEBHOOKER_ALLOW_NETWORKS=127.0.0.0/8",
-		"MAILPULSE_ADMIN_KEY=" + b.admin, "MAILPULSE_LOG_LEVEL=error"}, 0, func() bool { return answers(http.DefaultClient, b.base+"/healthz") })
-	if err != nil {
+	b.tcpConn = tcp
+	if b.tcp, err = jetstream.New(tcp); err != nil {
 		b.close()
 		return nil, err
 	}
 	return b, nil
 }
 
+// startWebhooker starts "mailpulse webhooker" as a process of its own.
+func (b *hookBench) startWebhooker() error {
+	addr, err := freeAddr()
+	if err != nil {
+		return err
+	}
+	b.base = "http://" + addr
+	b.wh, err = startChild([]string{"webhooker"}, []string{"MAILPULSE_NATS_URL=nats://127.0.0.1:" + strconv.Itoa(b.srv.Port()), "MAILPULSE_NATS_USER=bench",
+		"MAILPULSE_NATS_PASSWORD=" + b.pass, "MAILPULSE_WEBHOOKER_ADDR=" + addr, "MAILPULSE_WEBHOOKER_ALLOW_NETWORKS=127.0.0.0/8",
+		"MAILPULSE_ADMIN_KEY=" + b.admin, "MAILPULSE_LOG_LEVEL=error"}, 0, func() bool { return answers(http.DefaultClient, b.base+"/healthz") })
+	return err
+}
+
 func (b *hookBench) close() {
 	if b.wh != nil {
 		b.wh.stop()
+	}
+	if b.tcpConn != nil {
+		b.tcpConn.Close()
 	}
 	if b.nc != nil {
 		b.nc.Close()

@@ -12,13 +12,17 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mailpulse/mailpulse/services/webhooker"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/poll"
+	"github.com/mailpulse/mailpulse/shared/ssrf"
 )
 
 // throughput: one endpoint with a fast receiver, batches of 100, draining n events already in
 // the log, against the raw baseline: one pull consumer that fetches 100, POSTs the same
-// events in one JSON body and acks, with no signing and no retry logic.
+// events in one JSON body and acks, with no signing and no retry logic. Both run in this
+// process over the same TCP connection to NATS, so that the ratio is the webhooker's own
+// cost (a webhooker in a process of its own also paid for a second runtime on two cores).
 func (b *hookBench) throughput(out io.Writer, n int) error {
 	now := time.Now()
 	if _, err := rawPublish(context.Background(), b.js, hookEvents("bench.drain", n, func(int) time.Time { return now })); err != nil {
@@ -28,13 +32,33 @@ func (b *hookBench) throughput(out io.Writer, n int) error {
 	if err != nil {
 		return err
 	}
-	rcv := newHookReceiver()
-	defer rcv.srv.Close()
-	start := time.Now()
-	if _, err := b.endpoint(map[string]any{"url": rcv.srv.URL, "types": []string{"bench.drain"}, "format": "standard", "start": "beginning",
-		"batch": map[string]any{"maxEvents": 100, "maxWait": "100ms"}}); err != nil {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cfg := webhooker.DefaultConfig()
+	if cfg.AllowNetworks, err = ssrf.ParseNetworks("127.0.0.0/8"); err != nil {
 		return err
 	}
+	eps, err := webhooker.OpenEndpoints(ctx, b.tcp, cfg, nil)
+	if err != nil {
+		return err
+	}
+	svc, err := webhooker.New(cfg, webhooker.Deps{Conn: b.tcpConn, Endpoints: eps})
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	rcv := newHookReceiver()
+	defer rcv.srv.Close()
+	wait := webhooker.Duration(100 * time.Millisecond)
+	start := time.Now()
+	ep, err := eps.Create(ctx, webhooker.Endpoint{URL: rcv.srv.URL, Types: []string{"bench.drain"}, Format: webhooker.FormatStandard,
+		Start: "beginning", Batch: webhooker.Batch{MaxEvents: 100, MaxWait: &wait}})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = eps.Delete(context.Background(), ep.ID) }()
 	if !poll.Wait(5*time.Minute, func() bool { return rcv.count() >= n }) {
 		return fmt.Errorf("the endpoint got %d of %d events in 5 minutes", rcv.count(), n)
 	}
@@ -53,7 +77,7 @@ func (b *hookBench) rawDrain(n int) (float64, error) {
 	rcv := newHookReceiver()
 	defer rcv.srv.Close()
 	ctx := context.Background()
-	c, err := b.js.CreateOrUpdateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
+	c, err := b.tcp.CreateOrUpdateConsumer(ctx, bus.StreamEvents, jetstream.ConsumerConfig{
 		Durable: "bench-raw-drain", FilterSubject: bus.EventSubject("bench.drain"), AckPolicy: jetstream.AckExplicitPolicy, MaxAckPending: 100})
 	if err != nil {
 		return 0, err
