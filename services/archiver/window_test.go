@@ -8,13 +8,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mailpulse/mailpulse/services/archiver"
 	"github.com/mailpulse/mailpulse/services/archiver/store"
 	"github.com/mailpulse/mailpulse/services/archiver/store/sqlite"
+	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/event"
 	"github.com/mailpulse/mailpulse/shared/history"
@@ -195,31 +194,10 @@ func TestRetentionDropsTheDaysAFloodLeft(t *testing.T) {
 	}
 }
 
-// startNATS starts a NATS server whose max payload is maxPayload (the embedded broker's is
-// 8 MiB; a default NATS's is 1 MiB).
-func startNATS(t *testing.T, maxPayload int32) *nats.Conn {
-	t.Helper()
-	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: t.TempDir(), NoSigs: true, DontListen: true, MaxPayload: maxPayload, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("NATS not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
-}
-
 // Issue 9 #7: a snapshot larger than the server's max payload is published in parts; the
 // archiver stores every part and answers with the snapshot whole.
 func TestSplitSnapshotIsStoredWhole(t *testing.T) {
-	nc := startNATS(t, 64<<10)
+	nc := brokertest.StartMaxPayload(t, 64<<10)
 	pub, err := bus.NewPublisher(nc, bus.PublisherConfig{})
 	if err != nil {
 		t.Fatal(err)

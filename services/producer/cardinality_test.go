@@ -1,7 +1,6 @@
 package producer_test
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"net/http"
@@ -9,12 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/mailpulse/mailpulse/services/producer"
-	"github.com/mailpulse/mailpulse/shared/apikey"
+	"github.com/mailpulse/mailpulse/shared/broker/brokertest"
 	"github.com/mailpulse/mailpulse/shared/bus"
 	"github.com/mailpulse/mailpulse/shared/metric"
 )
@@ -135,58 +132,11 @@ func TestSourcesAndSeriesAreBounded(t *testing.T) {
 	}
 }
 
-// startSmallNATS runs a producer against a NATS server whose max payload is maxPayload (a
-// default NATS has 1 MiB; the embedded broker 8 MiB).
-func startSmallNATS(t *testing.T, cfg producer.Config, maxPayload int32) *harness {
-	t.Helper()
-	ns, err := server.NewServer(&server.Options{JetStream: true, StoreDir: t.TempDir(), NoSigs: true, DontListen: true, MaxPayload: maxPayload, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("NATS not ready")
-	}
-	nc, err := nats.Connect("", nats.InProcessServer(ns))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	h := &harness{t: t, nc: nc}
-	pub, err := bus.NewPublisher(nc, bus.PublisherConfig{AckTimeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.js = pub.JetStream()
-	if err := bus.Provision(t.Context(), h.js, bus.Limits{}, nil); err != nil {
-		t.Fatal(err)
-	}
-	kv, _ := h.js.KeyValue(t.Context(), bus.BucketKeys)
-	keys, err := apikey.Open(t.Context(), kv, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.key, _, _ = keys.Create(t.Context(), "test", apikey.Ingest)
-	h.viewer, _, _ = keys.Create(t.Context(), "test", apikey.Viewer)
-	cfg.Addr, cfg.Ingest.Timeout = "127.0.0.1:0", 3*time.Second
-	p, err := producer.New(cfg, producer.Deps{Conn: nc, Publisher: pub, Keys: keys})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.url = "http://" + p.Addr().String()
-	ctx, cancel := context.WithCancel(context.Background())
-	h.stop, h.done = cancel, make(chan error, 1)
-	go func() { h.done <- p.Run(ctx) }()
-	t.Cleanup(h.shutdown)
-	return h
-}
-
 // Issue 9 #7: on a NATS with the default 1 MiB max payload, a larger snapshot failed on
 // every interval, for ever. It is published in parts, each within the server's limit, that
 // put back together give the whole snapshot.
 func TestSnapshotLargerThanMaxPayloadIsSplit(t *testing.T) {
-	h := startSmallNATS(t, producer.Config{Metrics: producer.Metrics{Interval: time.Second, MaxTypes: 20_000}}, 64<<10)
+	h := startOn(t, producer.Config{Metrics: producer.Metrics{Interval: time.Second, MaxTypes: 20_000}}, brokertest.StartMaxPayload(t, 64<<10))
 	h.postTypes("mx1", 10_000)
 	snap, sizes := latestSnapshot(t, h.js, "mx1", func(s metric.Snapshot) bool { return len(s.Counters) == 10_000 })
 	if len(sizes) < 3 {

@@ -44,19 +44,29 @@ type harness struct {
 
 func start(t *testing.T, cfg producer.Config, tcp bool) *harness {
 	t.Helper()
-	h := &harness{t: t}
+	var srv *brokertest.Server
+	var nc *nats.Conn
 	if tcp {
-		h.srv = brokertest.StartTCP(t)
-		nc, err := nats.Connect(h.srv.ClientURL(), append(bus.ConnectOptions("test", nil), nats.UserInfo(brokertest.User, brokertest.Password))...)
+		srv = brokertest.StartTCP(t)
+		var err error
+		nc, err = nats.Connect(srv.ClientURL(), append(bus.ConnectOptions("test", nil), nats.UserInfo(brokertest.User, brokertest.Password))...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(nc.Close)
-		h.nc = nc
 	} else {
-		h.srv = brokertest.Start(t)
-		h.nc = h.srv.Conn()
+		srv = brokertest.Start(t)
+		nc = srv.Conn()
 	}
+	h := startOn(t, cfg, nc)
+	h.srv = srv
+	return h
+}
+
+// startOn runs a producer on a connection to a NATS server the test started.
+func startOn(t *testing.T, cfg producer.Config, nc *nats.Conn) *harness {
+	t.Helper()
+	h := &harness{t: t, nc: nc}
 	pub, err := bus.NewPublisher(h.nc, bus.PublisherConfig{AckTimeout: time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -24,6 +24,20 @@ func apiApp(t *testing.T, h *harness) (app *fiber.App, eps *webhooker.Endpoints,
 	if err != nil {
 		t.Fatal(err)
 	}
+	app, keys := mountAPI(t, h, eps)
+	if admin, _, err = keys.Create(t.Context(), "admin", apikey.Admin); err != nil {
+		t.Fatal(err)
+	}
+	if viewer, _, err = keys.Create(t.Context(), "viewer", apikey.Viewer); err != nil {
+		t.Fatal(err)
+	}
+	return app, eps, admin, viewer
+}
+
+// mountAPI serves the webhooks API over eps behind the admin key of a key store of its own,
+// as a gateway replica does.
+func mountAPI(t *testing.T, h *harness, eps *webhooker.Endpoints) (*fiber.App, *apikey.Store) {
+	t.Helper()
 	kv, err := h.js.KeyValue(t.Context(), bus.BucketKeys)
 	if err != nil {
 		t.Fatal(err)
@@ -32,17 +46,9 @@ func apiApp(t *testing.T, h *harness) (app *fiber.App, eps *webhooker.Endpoints,
 	if err != nil {
 		t.Fatal(err)
 	}
-	admin, _, err = keys.Create(t.Context(), "admin", apikey.Admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	viewer, _, err = keys.Create(t.Context(), "viewer", apikey.Viewer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app = httpserver.New(httpserver.Config{Name: "test"})
+	app := httpserver.New(httpserver.Config{Name: "test"})
 	webhooker.NewAPI(eps).Mount(app, httpserver.RequireKey(keys, apikey.Admin))
-	return app, eps, admin, viewer
+	return app, keys
 }
 
 func call(t *testing.T, app *fiber.App, key, method, path, body string) (int, map[string]any) {

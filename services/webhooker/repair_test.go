@@ -18,7 +18,6 @@ import (
 	"github.com/mailpulse/mailpulse/services/webhooker"
 	"github.com/mailpulse/mailpulse/shared/apikey"
 	"github.com/mailpulse/mailpulse/shared/bus"
-	"github.com/mailpulse/mailpulse/shared/httpserver"
 	"github.com/mailpulse/mailpulse/shared/poll"
 )
 
@@ -32,20 +31,11 @@ func repairApp(t *testing.T, h *harness) (app *fiber.App, admin string) {
 // repairAppOn is repairApp over another store: another replica's API.
 func repairAppOn(t *testing.T, h *harness, eps *webhooker.Endpoints) (app *fiber.App, admin string) {
 	t.Helper()
-	kv, err := h.js.KeyValue(t.Context(), bus.BucketKeys)
+	app, keys := mountAPI(t, h, eps)
+	admin, _, err := keys.Create(t.Context(), "admin", apikey.Admin)
 	if err != nil {
 		t.Fatal(err)
 	}
-	keys, err := apikey.Open(t.Context(), kv, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	admin, _, err = keys.Create(t.Context(), "admin", apikey.Admin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	app = httpserver.New(httpserver.Config{Name: "test"})
-	webhooker.NewAPI(eps).Mount(app, httpserver.RequireKey(keys, apikey.Admin))
 	return app, admin
 }
 
